@@ -1,0 +1,18 @@
+"""yoco: decoder-decoder ("You Only Cache Once") language models in plain PyTorch.
+
+Importing the package registers both models with the Hugging Face Auto classes, so
+``AutoModelForCausalLM.from_pretrained(dir)`` loads a checkpoint saved by yoco.
+"""
+
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from yoco.models.transformer import TransformerConfig, TransformerForCausalLM
+from yoco.models.yoco import YocoConfig, YocoForCausalLM
+
+__version__ = "0.1.0"
+
+for _config, _model in ((YocoConfig, YocoForCausalLM), (TransformerConfig, TransformerForCausalLM)):
+    AutoConfig.register(_config.model_type, _config, exist_ok=True)
+    AutoModelForCausalLM.register(_config, _model, exist_ok=True)
+
+__all__ = ["TransformerConfig", "TransformerForCausalLM", "YocoConfig", "YocoForCausalLM"]

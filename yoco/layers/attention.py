@@ -1,0 +1,45 @@
+"""Grouped-query self-attention: full causal (the Transformer) or sliding-window (YOCO-SWA)."""
+
+import torch
+from torch import nn
+
+from yoco.layers.rotary import apply_rotary
+from yoco.ops.attention import causal_attention
+from yoco.ops.sliding_window import sliding_window_attention
+
+
+class SelfAttention(nn.Module):
+    """Llama's attention block: q/k/v projections, rotary on q and k, SDPA, output projection.
+
+    With ``window`` set, each token attends only to the last ``window`` positions (itself
+    included) through the blocked O(N·W) kernel; parameters are identical either way.
+    """
+
+    def __init__(
+        self, hidden_size: int, num_heads: int, num_kv_heads: int, window: int | None = None
+    ) -> None:
+        super().__init__()
+        self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
+        self.head_dim = hidden_size // num_heads
+        self.window = window
+        self.q_proj = nn.Linear(hidden_size, num_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(hidden_size, num_kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(hidden_size, num_kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(num_heads * self.head_dim, hidden_size, bias=False)
+
+    def split_heads(self, x: torch.Tensor, heads: int) -> torch.Tensor:
+        b, n, _ = x.shape
+        return x.view(b, n, heads, self.head_dim).transpose(1, 2)  # (B, heads, N, d)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """x: (B, N, hidden); rope: cos, sin (B, N, head_dim) -> (B, N, hidden)."""
+        cos, sin = rope
+        q = apply_rotary(self.split_heads(self.q_proj(x), self.num_heads), cos, sin)
+        k = apply_rotary(self.split_heads(self.k_proj(x), self.num_kv_heads), cos, sin)
+        v = self.split_heads(self.v_proj(x), self.num_kv_heads)
+        if self.window is None:
+            out = causal_attention(q, k, v)
+        else:
+            out = sliding_window_attention(q, k, v, self.window)
+        b, _, n, _ = out.shape
+        return self.o_proj(out.transpose(1, 2).reshape(b, n, -1))

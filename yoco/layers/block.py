@@ -1,0 +1,39 @@
+"""The pre-norm residual block every decoder in the library is built from."""
+
+import torch
+from torch import nn
+
+from yoco.layers.mlp import SwiGLU
+from yoco.layers.norm import RMSNorm
+
+
+class DecoderLayer(nn.Module):
+    """``y = x + mixer(norm(x))``, then ``y + mlp(norm(y))``.
+
+    The token mixer (attention, sliding window, gated retention, cross-attention) is passed in
+    and stored under ``mixer_name``: ``self_attn`` for attention so that the Transformer's
+    parameter names are exactly Llama's. Keyword arguments of ``forward`` go to the mixer.
+    """
+
+    def __init__(
+        self,
+        mixer: nn.Module,
+        hidden_size: int,
+        intermediate_size: int,
+        eps: float,
+        mixer_name: str = "self_attn",
+    ) -> None:
+        super().__init__()
+        self.mixer_name = mixer_name
+        self.input_layernorm = RMSNorm(hidden_size, eps=eps)
+        self.add_module(mixer_name, mixer)
+        self.post_attention_layernorm = RMSNorm(hidden_size, eps=eps)
+        self.mlp = SwiGLU(hidden_size, intermediate_size)
+
+    @property
+    def token_mixer(self) -> nn.Module:
+        return getattr(self, self.mixer_name)
+
+    def forward(self, x: torch.Tensor, **mixer_kwargs) -> torch.Tensor:
+        x = x + self.token_mixer(self.input_layernorm(x), **mixer_kwargs)
+        return x + self.mlp(self.post_attention_layernorm(x))

@@ -1,0 +1,55 @@
+"""Gated retention layer (gRet), YOCO's recurrent self-decoder mixer.
+
+Per head: q and k are rotated (rotary), k is scaled by 1/√d; a data-dependent scalar decay
+``log γ_t = logsigmoid(x_t W_γ) / 16`` (τ = 16 keeps γ close to 1 at initialisation); the
+retention output is normalised per head by an RMSNorm without weights, gated by
+``swish(x W_G)`` and projected back.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from yoco.layers.norm import RMSNorm
+from yoco.layers.rotary import apply_rotary
+from yoco.ops.gated_retention import gated_retention_chunkwise
+
+GATE_LOGIT_NORMALIZER = 16.0
+
+
+class GatedRetention(nn.Module):
+    def __init__(
+        self, hidden_size: int, num_heads: int, eps: float = 1e-6, chunk_size: int = 64
+    ) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = hidden_size // num_heads
+        self.chunk_size = chunk_size
+        self.q_proj = nn.Linear(hidden_size, hidden_size, bias=False)
+        self.k_proj = nn.Linear(hidden_size, hidden_size, bias=False)
+        self.v_proj = nn.Linear(hidden_size, hidden_size, bias=False)
+        self.g_proj = nn.Linear(hidden_size, hidden_size, bias=False)  # output gate
+        self.decay_proj = nn.Linear(hidden_size, num_heads, bias=False)  # W_γ
+        self.head_norm = RMSNorm(self.head_dim, eps=eps, elementwise_affine=False)
+        self.o_proj = nn.Linear(hidden_size, hidden_size, bias=False)
+
+    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        return x.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, N, d)
+
+    def log_decay(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, N, hidden) -> (B, H, N) float32, each entry log γ <= 0."""
+        logits = self.decay_proj(x).float()
+        return (F.logsigmoid(logits) / GATE_LOGIT_NORMALIZER).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """x: (B, N, hidden); rope: cos, sin (B, N, head_dim) -> (B, N, hidden)."""
+        cos, sin = rope
+        q = apply_rotary(self.split_heads(self.q_proj(x)), cos, sin)
+        k = apply_rotary(self.split_heads(self.k_proj(x)), cos, sin) * self.head_dim**-0.5
+        v = self.split_heads(self.v_proj(x))
+        o, _ = gated_retention_chunkwise(q, k, v, self.log_decay(x), chunk_size=self.chunk_size)
+        o = self.head_norm(o)  # (B, H, N, d)
+        b, _, n, _ = o.shape
+        o = o.transpose(1, 2).reshape(b, n, -1)
+        return self.o_proj(F.silu(self.g_proj(x)) * o)

@@ -1,0 +1,115 @@
+"""YOCO: a cross-decoder stacked on a self-decoder, with one global K/V cache.
+
+    tokens -> embedding
+           -> self-decoder: num_self_decoder_layers blocks whose mixer has constant-size state
+              (sliding-window attention "swa", or gated retention "gret")
+           -> SharedKV: norm + one K/V projection (rotary on K)       <- the only cache that grows
+           -> cross-decoder: the remaining blocks, each attending causally to that one K/V
+           -> norm -> LM head
+
+The cross-decoder's input is the self-decoder's output. Embeddings are *not* scaled by
+√hidden (the official code does): we keep Llama's convention so the two models differ only
+in their bodies.
+"""
+
+import torch
+from huggingface_hub.dataclasses import strict
+from torch import nn
+
+from yoco.layers.attention import SelfAttention
+from yoco.layers.block import DecoderLayer
+from yoco.layers.cross_attention import CrossAttention, SharedKV
+from yoco.layers.gated_retention import GatedRetention
+from yoco.models.base import CausalLM, DecoderBackbone, DecoderConfig
+
+SELF_DECODERS = ("swa", "gret")
+
+
+@strict
+class YocoConfig(DecoderConfig):
+    model_type = "yoco"
+
+    self_decoder: str = "gret"
+    sliding_window: int = 1024
+    num_self_decoder_layers: int | None = None
+    gret_chunk_size: int = 64
+
+    def __post_init__(self, **kwargs):
+        if self.num_self_decoder_layers is None:
+            self.num_self_decoder_layers = self.num_hidden_layers // 2
+        super().__post_init__(**kwargs)
+
+    def check(self) -> None:
+        super().check()
+        if self.self_decoder not in SELF_DECODERS:
+            raise ValueError(f"self_decoder must be one of {SELF_DECODERS}, got {self.self_decoder!r}")
+        if self.sliding_window < 1:
+            raise ValueError(f"sliding_window must be >= 1, got {self.sliding_window}")
+        if not 1 <= self.num_self_decoder_layers <= self.num_hidden_layers - 1:
+            raise ValueError(
+                f"num_self_decoder_layers must be in 1..num_hidden_layers-1 "
+                f"(1..{self.num_hidden_layers - 1}), got {self.num_self_decoder_layers}"
+            )
+        if self.gret_chunk_size < 1:
+            raise ValueError(f"gret_chunk_size must be >= 1, got {self.gret_chunk_size}")
+
+    @property
+    def num_cross_decoder_layers(self) -> int:
+        return self.num_hidden_layers - self.num_self_decoder_layers
+
+
+def self_decoder_mixer(config: YocoConfig) -> tuple[str, nn.Module]:
+    """The self-decoder's token mixer and the attribute name it is stored under."""
+    if config.self_decoder == "swa":
+        return "self_attn", SelfAttention(
+            config.hidden_size,
+            config.num_attention_heads,
+            config.num_key_value_heads,
+            window=config.sliding_window,
+        )
+    return "retention", GatedRetention(
+        config.hidden_size,
+        config.num_attention_heads,
+        eps=config.rms_norm_eps,
+        chunk_size=config.gret_chunk_size,
+    )
+
+
+class YocoModel(DecoderBackbone):
+    def __init__(self, config: YocoConfig) -> None:
+        super().__init__(config)
+        block = dict(
+            hidden_size=config.hidden_size,
+            intermediate_size=config.intermediate_size,
+            eps=config.rms_norm_eps,
+        )
+        self.self_decoder = nn.ModuleList()
+        for _ in range(config.num_self_decoder_layers):
+            name, mixer = self_decoder_mixer(config)
+            self.self_decoder.append(DecoderLayer(mixer, mixer_name=name, **block))
+        self.shared_kv = SharedKV(
+            config.hidden_size, config.num_key_value_heads, config.head_dim, config.rms_norm_eps
+        )
+        self.cross_decoder = nn.ModuleList(
+            DecoderLayer(
+                CrossAttention(config.hidden_size, config.num_attention_heads),
+                mixer_name="cross_attn",
+                **block,
+            )
+            for _ in range(config.num_cross_decoder_layers)
+        )
+
+    def body(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        for layer in self.self_decoder:
+            x = layer(x, rope=rope)
+        shared_kv = self.shared_kv(x, rope)  # computed once, read by every cross layer
+        for layer in self.cross_decoder:
+            x = layer(x, rope=rope, shared_kv=shared_kv)
+        return x
+
+
+class YocoForCausalLM(CausalLM):
+    config_class = YocoConfig
+
+    def __init__(self, config: YocoConfig) -> None:
+        super().__init__(config, YocoModel(config))
