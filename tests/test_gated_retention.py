@@ -71,9 +71,7 @@ def test_splitting_the_sequence_with_a_carried_state_is_exact():
     q, k, v, g, _ = make_inputs(2, 2, 50, 8, 8, with_state=False)
     o_full, s_full = gated_retention_chunkwise(q, k, v, g, chunk_size=16)
     o_a, s_a = gated_retention_chunkwise(q[:, :, :21], k[:, :, :21], v[:, :, :21], g[:, :, :21])
-    o_b, s_b = gated_retention_recurrent(
-        q[:, :, 21:], k[:, :, 21:], v[:, :, 21:], g[:, :, 21:], s_a
-    )
+    o_b, s_b = gated_retention_recurrent(q[:, :, 21:], k[:, :, 21:], v[:, :, 21:], g[:, :, 21:], s_a)
     torch.testing.assert_close(torch.cat([o_a, o_b], dim=2), o_full, **TOL)
     torch.testing.assert_close(s_b, s_full, **TOL)
 

@@ -24,9 +24,7 @@ def test_loss_is_next_token_cross_entropy(model_kind):
     model = tiny_model(model_kind)
     ids = torch.randint(0, 99, (2, 17))
     out = model(ids, labels=ids)
-    expected = torch.nn.functional.cross_entropy(
-        out.logits[:, :-1].reshape(-1, 99), ids[:, 1:].reshape(-1)
-    )
+    expected = torch.nn.functional.cross_entropy(out.logits[:, :-1].reshape(-1, 99), ids[:, 1:].reshape(-1))
     torch.testing.assert_close(out.loss, expected)
     out.loss.backward()
     no_grad = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum()]

@@ -18,9 +18,7 @@ GATE_LOGIT_NORMALIZER = 16.0
 
 
 class GatedRetention(nn.Module):
-    def __init__(
-        self, hidden_size: int, num_heads: int, eps: float = 1e-6, chunk_size: int = 64
-    ) -> None:
+    def __init__(self, hidden_size: int, num_heads: int, eps: float = 1e-6, chunk_size: int = 64) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = hidden_size // num_heads

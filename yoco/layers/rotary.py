@@ -23,9 +23,7 @@ class RotaryEmbedding(nn.Module):
         self.head_dim, self.theta = head_dim, theta
 
     @torch.no_grad()
-    def forward(
-        self, position_ids: torch.Tensor, dtype: torch.dtype
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """position_ids: (B, N) integers -> cos, sin: (B, N, head_dim) in ``dtype``."""
         exponents = torch.arange(0, self.head_dim, 2, device=position_ids.device) / self.head_dim
         inv_freq = 1.0 / (self.theta ** exponents.float())  # (d/2,)

@@ -107,9 +107,7 @@ class CausalLM(DecoderPreTrainedModel, GenerationMixin):
         low, high = int(input_ids.min()), int(input_ids.max())
         if low < 0 or high >= self.config.vocab_size:
             bad = low if low < 0 else high
-            raise ValueError(
-                f"token id {bad} is outside the vocabulary [0, {self.config.vocab_size})"
-            )
+            raise ValueError(f"token id {bad} is outside the vocabulary [0, {self.config.vocab_size})")
 
     def forward(
         self,

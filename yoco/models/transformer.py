@@ -19,9 +19,7 @@ class TransformerModel(DecoderBackbone):
         super().__init__(config)
         self.layers = nn.ModuleList(
             DecoderLayer(
-                SelfAttention(
-                    config.hidden_size, config.num_attention_heads, config.num_key_value_heads
-                ),
+                SelfAttention(config.hidden_size, config.num_attention_heads, config.num_key_value_heads),
                 config.hidden_size,
                 config.intermediate_size,
                 config.rms_norm_eps,

@@ -42,9 +42,7 @@ class YocoConfig(DecoderConfig):
     def check(self) -> None:
         super().check()
         if self.self_decoder not in SELF_DECODERS:
-            raise ValueError(
-                f"self_decoder must be one of {SELF_DECODERS}, got {self.self_decoder!r}"
-            )
+            raise ValueError(f"self_decoder must be one of {SELF_DECODERS}, got {self.self_decoder!r}")
         if self.sliding_window < 1:
             raise ValueError(f"sliding_window must be >= 1, got {self.sliding_window}")
         if not 1 <= self.num_self_decoder_layers <= self.num_hidden_layers - 1:

@@ -54,9 +54,7 @@ def sliding_window_attention(
     h_kv = k.shape[1]
     prefix_len = 0 if k_prefix is None else k_prefix.shape[-2]
     if prefix_len > window - 1:
-        raise ValueError(
-            f"k_prefix holds {prefix_len} positions; a window of {window} needs <= {window - 1}"
-        )
+        raise ValueError(f"k_prefix holds {prefix_len} positions; a window of {window} needs <= {window - 1}")
     if prefix_len + n <= window:
         # Every query sees every key: plain causal attention is the same thing, and faster.
         k, v, _ = _with_prefix(k, v, k_prefix, v_prefix)
@@ -80,9 +78,7 @@ def sliding_window_attention(
     # unfold -> (B, H_kv, nb, d, span) -> (B, nb, H_kv, span, d): heads at dim -3 for enable_gqa
     k_blocks = k_all.unfold(2, span, blk).permute(0, 2, 1, 4, 3)
     v_blocks = v_all.unfold(2, span, blk).permute(0, 2, 1, 4, 3)
-    q_blocks = (
-        F.pad(q, (0, 0, 0, pad)).view(b, h, n_blocks, blk, d).transpose(1, 2)
-    )  # (B, nb, H, blk, d)
+    q_blocks = F.pad(q, (0, 0, 0, pad)).view(b, h, n_blocks, blk, d).transpose(1, 2)  # (B, nb, H, blk, d)
 
     # Query a of a block sees key slots a .. a + W - 1 (the band), minus the zero filler.
     a = torch.arange(blk, device=q.device)[:, None]

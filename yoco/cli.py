@@ -1,0 +1,21 @@
+"""The `yoco` command. Each subcommand lives in its own module and parses its own flags."""
+
+import sys
+
+COMMANDS = {
+    "demo": ("yoco.demo", "compare YOCO and a Transformer of the same shape"),
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print("usage: yoco COMMAND [flags]   (yoco COMMAND --help for its flags)\n\ncommands:")
+        for name, (_, summary) in COMMANDS.items():
+            print(f"  {name:<10} {summary}")
+        if argv and argv[0] not in ("-h", "--help"):
+            sys.exit(f"\nyoco: unknown command {argv[0]!r}")
+        return
+    module_name, _ = COMMANDS[argv[0]]
+    module = __import__(module_name, fromlist=["main"])
+    module.main(argv[1:])
