@@ -6,6 +6,7 @@ Importing the package registers both models with the Hugging Face Auto classes, 
 
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from yoco.inference import generate, prefill, stream_generate
 from yoco.models.transformer import TransformerConfig, TransformerForCausalLM
 from yoco.models.yoco import YocoConfig, YocoForCausalLM
 
@@ -15,4 +16,12 @@ for _config, _model in ((YocoConfig, YocoForCausalLM), (TransformerConfig, Trans
     AutoConfig.register(_config.model_type, _config, exist_ok=True)
     AutoModelForCausalLM.register(_config, _model, exist_ok=True)
 
-__all__ = ["TransformerConfig", "TransformerForCausalLM", "YocoConfig", "YocoForCausalLM"]
+__all__ = [
+    "TransformerConfig",
+    "TransformerForCausalLM",
+    "YocoConfig",
+    "YocoForCausalLM",
+    "generate",
+    "prefill",
+    "stream_generate",
+]

@@ -3,6 +3,7 @@
 import torch
 from torch import nn
 
+from yoco.cache import GrowingKV, WindowKV
 from yoco.layers.rotary import apply_rotary
 from yoco.ops.attention import causal_attention
 from yoco.ops.sliding_window import sliding_window_attention
@@ -31,15 +32,46 @@ class SelfAttention(nn.Module):
         b, n, _ = x.shape
         return x.view(b, n, heads, self.head_dim).transpose(1, 2)  # (B, heads, N, d)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """x: (B, N, hidden); rope: cos, sin (B, N, head_dim) -> (B, N, hidden)."""
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        cache: GrowingKV | WindowKV | None = None,
+    ) -> torch.Tensor:
+        """x: (B, N, hidden); rope: cos, sin (B, N, head_dim) -> (B, N, hidden).
+
+        With a cache, x holds the N positions that follow what the cache has seen; the cache
+        is updated in place.
+        """
         cos, sin = rope
         q = apply_rotary(self.split_heads(self.q_proj(x), self.num_heads), cos, sin)
         k = apply_rotary(self.split_heads(self.k_proj(x), self.num_kv_heads), cos, sin)
         v = self.split_heads(self.v_proj(x), self.num_kv_heads)
         if self.window is None:
-            out = causal_attention(q, k, v)
+            out = self.full_attention(q, k, v, cache)
         else:
-            out = sliding_window_attention(q, k, v, self.window)
+            out = self.window_attention(q, k, v, cache)
         b, _, n, _ = out.shape
         return self.o_proj(out.transpose(1, 2).reshape(b, n, -1))
+
+    def full_attention(self, q, k, v, cache: GrowingKV | None) -> torch.Tensor:
+        if cache is None:
+            return causal_attention(q, k, v)
+        k_all, v_all, key_mask = cache.append(k, v)
+        return causal_attention(q, k_all, v_all, key_mask)
+
+    def window_attention(self, q, k, v, cache: WindowKV | None) -> torch.Tensor:
+        if cache is None:
+            return sliding_window_attention(q, k, v, self.window)
+        if q.shape[2] == 1:
+            # One query sees every remembered key plus itself; slot order does not matter.
+            ring_k, ring_v, filled = cache.all_slots()
+            keys, values = torch.cat([ring_k, k], dim=2), torch.cat([ring_v, v], dim=2)
+            if filled is not None:
+                filled = torch.cat([filled, filled.new_ones(*filled.shape[:3], 1)], dim=-1)
+            out = causal_attention(q, keys, values, filled)
+        else:
+            prefix_k, prefix_v = cache.ordered_prefix()
+            out = sliding_window_attention(q, k, v, self.window, prefix_k, prefix_v)
+        cache.push(k, v)
+        return out

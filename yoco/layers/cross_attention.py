@@ -49,10 +49,11 @@ class CrossAttention(nn.Module):
         x: torch.Tensor,
         rope: tuple[torch.Tensor, torch.Tensor],
         shared_kv: tuple[torch.Tensor, torch.Tensor],
+        key_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x: (B, Nq, hidden), the last Nq positions of the Nk in ``shared_kv`` -> (B, Nq, hidden)."""
         b, n, _ = x.shape
         q = self.q_proj(x).view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
         q = apply_rotary(q, *rope)
-        out = causal_attention(q, *shared_kv)
+        out = causal_attention(q, *shared_kv, key_mask)
         return self.o_proj(out.transpose(1, 2).reshape(b, n, -1))

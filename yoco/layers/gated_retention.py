@@ -10,9 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from yoco.cache import RecurrentState
 from yoco.layers.norm import RMSNorm
 from yoco.layers.rotary import apply_rotary
-from yoco.ops.gated_retention import gated_retention_chunkwise
+from yoco.ops.gated_retention import gated_retention_chunkwise, gated_retention_recurrent
 
 GATE_LOGIT_NORMALIZER = 16.0
 
@@ -40,13 +41,30 @@ class GatedRetention(nn.Module):
         logits = self.decay_proj(x).float()
         return (F.logsigmoid(logits) / GATE_LOGIT_NORMALIZER).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """x: (B, N, hidden); rope: cos, sin (B, N, head_dim) -> (B, N, hidden)."""
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        cache: RecurrentState | None = None,
+    ) -> torch.Tensor:
+        """x: (B, N, hidden); rope: cos, sin (B, N, head_dim) -> (B, N, hidden).
+
+        With a cache, the retention starts from its state and leaves the new state in it.
+        """
         cos, sin = rope
         q = apply_rotary(self.split_heads(self.q_proj(x)), cos, sin)
         k = apply_rotary(self.split_heads(self.k_proj(x)), cos, sin) * self.head_dim**-0.5
         v = self.split_heads(self.v_proj(x))
-        o, _ = gated_retention_chunkwise(q, k, v, self.log_decay(x), chunk_size=self.chunk_size)
+        state = None if cache is None else cache.state
+        if cache is not None and x.shape[1] == 1:
+            o, state = gated_retention_recurrent(q, k, v, self.log_decay(x), state)
+        else:
+            o, state = gated_retention_chunkwise(
+                q, k, v, self.log_decay(x), state, chunk_size=self.chunk_size
+            )
+        if cache is not None:
+            cache.state = state
+            cache.lengths = [length + x.shape[1] for length in cache.lengths]
         o = self.head_norm(o)  # (B, H, N, d)
         b, _, n, _ = o.shape
         o = o.transpose(1, 2).reshape(b, n, -1)

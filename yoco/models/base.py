@@ -12,6 +12,7 @@ from torch import nn
 from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from yoco.cache import ModelCache
 from yoco.layers.norm import RMSNorm
 from yoco.layers.rotary import RotaryEmbedding
 
@@ -109,44 +110,65 @@ class CausalLM(DecoderPreTrainedModel, GenerationMixin):
             bad = low if low < 0 else high
             raise ValueError(f"token id {bad} is outside the vocabulary [0, {self.config.vocab_size})")
 
+    def new_cache(self, batch_size: int = 1, capacity: int = 0) -> ModelCache:
+        """An empty inference cache for this model, in the model's dtype and device."""
+        return self.model.new_cache(batch_size, capacity, self.dtype, self.device)
+
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
+        """``model.generate()`` hook: hand it our cache instead of a per-layer DynamicCache."""
+        if model_kwargs.get("past_key_values") is None and generation_config.use_cache is not False:
+            batch_size = kwargs.get("batch_size", args[1] if len(args) > 1 else 1)
+            capacity = kwargs.get("max_cache_length", args[2] if len(args) > 2 else 0)
+            model_kwargs["past_key_values"] = self.new_cache(batch_size, capacity)
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values=None,
+        past_key_values: ModelCache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int = 0,
         **kwargs,
     ) -> CausalLMOutputWithPast:
+        """Logits for ``input_ids`` (B, N), continuing ``past_key_values`` when given.
+
+        ``logits_to_keep = k > 0`` computes logits for the last k positions only; in YOCO the
+        cross-decoder then runs for those positions only (prefill early exit, exact).
+        Everything is validated before any cache is touched.
+        """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         if attention_mask is not None and not bool(attention_mask.all()):
             raise ValueError(
-                "padded attention_mask is not supported by the plain forward; "
+                "padded attention_mask is not supported by the forward pass; "
                 "use yoco.generate for batches of unequal prompts"
             )
+        cache = past_key_values
+        if cache is not None and not isinstance(cache, ModelCache):
+            raise ValueError(f"past_key_values must come from model.new_cache(), got {type(cache).__name__}")
         if input_ids is not None:
             self.check_input_ids(input_ids)
             inputs_embeds = self.model.embed_tokens(input_ids)
         b, n, _ = inputs_embeds.shape
+        if cache is None and use_cache:
+            cache = self.new_cache(b, n)
         if position_ids is None:
-            position_ids = torch.arange(n, device=inputs_embeds.device).expand(b, n)
+            start = torch.tensor(cache.lengths if cache is not None else [0] * b, device=inputs_embeds.device)
+            position_ids = start[:, None] + torch.arange(n, device=inputs_embeds.device)
         if int(position_ids.max()) >= self.config.max_position_embeddings:
             raise ValueError(
                 f"sequence reaches position {int(position_ids.max())}, past "
                 f"max_position_embeddings={self.config.max_position_embeddings}"
             )
-        hidden = self.model(inputs_embeds, position_ids)  # (B, N, hidden)
-        if logits_to_keep:
-            hidden = hidden[:, -logits_to_keep:]
+        hidden = self.model(inputs_embeds, position_ids, cache, keep_last=logits_to_keep or None)
         logits = self.lm_head(hidden)
         loss = None
         if labels is not None:
             loss = causal_lm_loss(logits, labels)
-        return CausalLMOutputWithPast(loss=loss, logits=logits)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=cache)
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -164,9 +186,26 @@ class DecoderBackbone(nn.Module):
         self.rotary_emb = RotaryEmbedding(config.head_dim, config.rope_theta)
         self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
-    def body(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def body(self, x, rope, cache, keep_last: int | None) -> torch.Tensor:
+        """Hidden states (B, N, hidden) -> (B, keep_last or N, hidden), updating ``cache``."""
         raise NotImplementedError
 
-    def forward(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+    def new_cache(self, batch_size: int, capacity: int, dtype, device) -> ModelCache:
+        raise NotImplementedError
+
+    def forward(
+        self,
+        inputs_embeds: torch.Tensor,
+        position_ids: torch.Tensor,
+        cache: ModelCache | None = None,
+        keep_last: int | None = None,
+    ) -> torch.Tensor:
+        """Embeddings (B, N, hidden) -> normalised hidden states of the last ``keep_last``
+        positions (all when None, none when 0)."""
         rope = self.rotary_emb(position_ids, inputs_embeds.dtype)
-        return self.norm(self.body(inputs_embeds, rope))
+        return self.norm(self.body(inputs_embeds, rope, cache, keep_last))
+
+
+def last_positions(x: torch.Tensor, keep_last: int | None) -> torch.Tensor:
+    """The last ``keep_last`` positions of (B, N, ...) tensors along dim 1 (all when None)."""
+    return x if keep_last is None else x[:, x.shape[1] - keep_last :]

@@ -1,11 +1,11 @@
 """The Transformer baseline: exactly Llama (same parameter names, shapes and numerics)."""
 
-import torch
 from torch import nn
 
+from yoco.cache import GrowingKV, TransformerCache
 from yoco.layers.attention import SelfAttention
 from yoco.layers.block import DecoderLayer
-from yoco.models.base import CausalLM, DecoderBackbone, DecoderConfig
+from yoco.models.base import CausalLM, DecoderBackbone, DecoderConfig, last_positions
 
 
 class TransformerConfig(DecoderConfig):
@@ -17,6 +17,7 @@ class TransformerModel(DecoderBackbone):
 
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__(config)
+        self.config = config
         self.layers = nn.ModuleList(
             DecoderLayer(
                 SelfAttention(config.hidden_size, config.num_attention_heads, config.num_key_value_heads),
@@ -27,10 +28,19 @@ class TransformerModel(DecoderBackbone):
             for _ in range(config.num_hidden_layers)
         )
 
-    def body(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        for layer in self.layers:
-            x = layer(x, rope=rope)
-        return x
+    def body(self, x, rope, cache: TransformerCache | None = None, keep_last: int | None = None):
+        for i, layer in enumerate(self.layers):
+            x = layer(x, rope=rope, cache=None if cache is None else cache.kv[i])
+        return last_positions(x, keep_last)
+
+    def new_cache(self, batch_size: int, capacity: int, dtype, device) -> TransformerCache:
+        config = self.config
+        return TransformerCache(
+            [
+                GrowingKV(batch_size, config.num_key_value_heads, config.head_dim, dtype, device, capacity)
+                for _ in self.layers
+            ]
+        )
 
 
 class TransformerForCausalLM(CausalLM):

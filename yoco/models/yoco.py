@@ -12,15 +12,15 @@ The cross-decoder's input is the self-decoder's output. Embeddings are *not* sca
 in their bodies.
 """
 
-import torch
 from huggingface_hub.dataclasses import strict
 from torch import nn
 
+from yoco.cache import GrowingKV, RecurrentState, WindowKV, YocoCache
 from yoco.layers.attention import SelfAttention
 from yoco.layers.block import DecoderLayer
 from yoco.layers.cross_attention import CrossAttention, SharedKV
 from yoco.layers.gated_retention import GatedRetention
-from yoco.models.base import CausalLM, DecoderBackbone, DecoderConfig
+from yoco.models.base import CausalLM, DecoderBackbone, DecoderConfig, last_positions
 
 SELF_DECODERS = ("swa", "gret")
 
@@ -78,6 +78,7 @@ def self_decoder_mixer(config: YocoConfig) -> tuple[str, nn.Module]:
 class YocoModel(DecoderBackbone):
     def __init__(self, config: YocoConfig) -> None:
         super().__init__(config)
+        self.config = config
         block = dict(
             hidden_size=config.hidden_size,
             intermediate_size=config.intermediate_size,
@@ -99,13 +100,44 @@ class YocoModel(DecoderBackbone):
             for _ in range(config.num_cross_decoder_layers)
         )
 
-    def body(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        for layer in self.self_decoder:
-            x = layer(x, rope=rope)
-        shared_kv = self.shared_kv(x, rope)  # computed once, read by every cross layer
+    def body(self, x, rope, cache: YocoCache | None = None, keep_last: int | None = None):
+        for i, layer in enumerate(self.self_decoder):
+            x = layer(x, rope=rope, cache=None if cache is None else cache.self_decoder[i])
+        keys, values = self.shared_kv(x, rope)  # computed once, read by every cross layer
+        key_mask = None
+        if cache is not None:
+            keys, values, key_mask = cache.shared_kv.append(keys, values)
+        # Early exit: positions whose logits nobody asked for skip the cross-decoder. Exact,
+        # because cross layers mix positions only through the shared K/V, already complete.
+        x = last_positions(x, keep_last)
+        if x.shape[1] == 0:
+            return x
+        rope = tuple(last_positions(t, keep_last) for t in rope)
         for layer in self.cross_decoder:
-            x = layer(x, rope=rope, shared_kv=shared_kv)
+            x = layer(x, rope=rope, shared_kv=(keys, values), key_mask=key_mask)
         return x
+
+    def new_cache(self, batch_size: int, capacity: int, dtype, device) -> YocoCache:
+        config = self.config
+        if config.self_decoder == "swa":
+            states = [
+                WindowKV(
+                    batch_size,
+                    config.num_key_value_heads,
+                    config.head_dim,
+                    config.sliding_window,
+                    dtype,
+                    device,
+                )
+                for _ in self.self_decoder
+            ]
+        else:
+            states = [
+                RecurrentState(batch_size, config.num_attention_heads, config.head_dim, device)
+                for _ in self.self_decoder
+            ]
+        shared = GrowingKV(batch_size, config.num_key_value_heads, config.head_dim, dtype, device, capacity)
+        return YocoCache(states, shared)
 
 
 class YocoForCausalLM(CausalLM):

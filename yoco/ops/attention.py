@@ -29,10 +29,20 @@ def causal_mask(n_queries: int, n_keys: int, device: torch.device) -> torch.Tens
     return k_pos[None, :] <= q_pos[:, None]
 
 
-def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Causal GQA attention; returns (B, H, Nq, d)."""
+def causal_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Causal GQA attention; returns (B, H, Nq, d).
+
+    ``key_mask`` (B, 1, 1, Nk), True on real keys, hides the unused tail of rows that are
+    shorter than others in a batch (only for one-query decoding steps).
+    """
     n_q, n_k = q.shape[-2], k.shape[-2]
     gqa = q.shape[1] != k.shape[1]
+    if key_mask is not None:
+        if n_q != 1:
+            raise ValueError("rows of unequal length can only take one-token steps")
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, enable_gqa=gqa)
     if n_q == n_k:
         # No explicit mask: SDPA then takes its fused causal kernel on CPU.
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)

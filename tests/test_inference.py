@@ -1,0 +1,204 @@
+"""The inference engine against the obviously-correct slow path: recompute everything."""
+
+import pytest
+import torch
+
+import yoco
+from tests.conftest import tiny_model
+
+WINDOW = 8  # tiny_model's sliding window
+PROMPT_LENGTHS = [1, WINDOW - 1, WINDOW, WINDOW + 1, 3 * WINDOW + 5]
+
+
+def prompt_of(length: int, seed: int = 0) -> list[int]:
+    return torch.randint(0, 99, (length,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+@torch.no_grad()
+def greedy_by_full_forward(model, prompt: list[int], new_tokens: int) -> list[int]:
+    """Reference: run the whole sequence through the plain forward for every new token."""
+    ids = list(prompt)
+    for _ in range(new_tokens):
+        ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
+    return ids[len(prompt) :]
+
+
+@pytest.mark.parametrize("length", PROMPT_LENGTHS)
+@pytest.mark.parametrize("chunk", [None, 3, 5])
+def test_cached_greedy_equals_full_recompute(model_kind, length, chunk):
+    model = tiny_model(model_kind)
+    prompt = prompt_of(length, seed=length)
+    expected = greedy_by_full_forward(model, prompt, 10)
+    got = yoco.generate(model, [prompt], 10, prefill_chunk_size=chunk)[0]
+    assert got == expected
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 7, 10, 64])
+def test_chunked_prefill_equals_one_shot_and_plain_forward(model_kind, chunk):
+    model = tiny_model(model_kind)
+    ids = torch.tensor([prompt_of(3 * WINDOW + 5), prompt_of(3 * WINDOW + 5, seed=1)])
+    with torch.no_grad():
+        plain = model(ids).logits[:, -1]
+    one_shot, cache_a = yoco.prefill(model, ids)
+    chunked, cache_b = yoco.prefill(model, ids, chunk_size=chunk)
+    torch.testing.assert_close(one_shot, plain, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(chunked, plain, atol=1e-4, rtol=1e-4)
+    # The caches must carry on identically too: decode the same next token from both.
+    step = torch.tensor([[3], [4]])
+    with torch.no_grad():
+        next_a = model(step, past_key_values=cache_a).logits
+        next_b = model(step, past_key_values=cache_b).logits
+        full = model(torch.cat([ids, step], dim=1)).logits[:, -1:]
+    torch.testing.assert_close(next_a, full, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(next_b, full, atol=1e-4, rtol=1e-4)
+
+
+def test_yoco_prefill_runs_the_cross_decoder_for_the_last_position_only():
+    model = tiny_model("yoco-gret")
+    seen = []
+    hook = model.model.cross_decoder[0].register_forward_hook(lambda m, a, o: seen.append(o.shape[1]))
+    yoco.prefill(model, prompt_of(30), chunk_size=7)
+    hook.remove()
+    assert seen == [1], "cross-decoder must see only the last prompt token"
+
+
+def test_batch_of_unequal_prompts_equals_single_runs(model_kind):
+    model = tiny_model(model_kind)
+    prompts = [prompt_of(n, seed=n) for n in (1, WINDOW - 1, WINDOW + 1, 3 * WINDOW + 5)]
+    singles = [yoco.generate(model, [p], 9)[0] for p in prompts]
+    assert yoco.generate(model, prompts, 9) == singles
+    assert yoco.generate(model, prompts, 9, prefill_chunk_size=3) == singles
+
+
+def test_transformers_generate_uses_our_cache_and_matches(model_kind):
+    model = tiny_model(model_kind)
+    prompts = torch.tensor([prompt_of(13), prompt_of(13, seed=2)])
+    lengths = []
+    original_forward = model.forward
+
+    def recording_forward(*args, **kwargs):
+        lengths.append(kwargs["input_ids"].shape[1])
+        assert isinstance(kwargs["past_key_values"], yoco.cache.ModelCache)
+        return original_forward(*args, **kwargs)
+
+    model.forward = recording_forward
+    out = model.generate(prompts, max_new_tokens=8, do_sample=False)
+    model.forward = original_forward
+    assert lengths == [13] + [1] * 7, "generate() must feed one token per step after prefill"
+    assert out[:, 13:].tolist() == yoco.generate(model, prompts, 8)
+
+
+def test_stream_yields_what_generate_returns():
+    model = tiny_model("yoco-swa")
+    prompts = [prompt_of(5), prompt_of(11, seed=3)]
+    steps = list(yoco.stream_generate(model, prompts, 6))
+    assert len(steps) == 6
+    assert [list(col) for col in zip(*steps, strict=True)] == yoco.generate(model, prompts, 6)
+
+
+def test_stop_tokens_end_a_row_and_are_kept():
+    model = tiny_model("yoco-gret")
+    prompt = prompt_of(9)
+    free_run = yoco.generate(model, [prompt], 12)[0]
+    stop = free_run[4]
+    stopped = yoco.generate(model, [prompt, prompt_of(4)], 12, stop_token_ids=[stop])[0]
+    assert stopped == free_run[: free_run.index(stop) + 1]
+
+
+def test_sampling_is_reproducible_with_a_seed_and_respects_top_k():
+    model = tiny_model("transformer")
+    prompt = prompt_of(6)
+    a = yoco.generate(model, [prompt], 20, temperature=1.0, seed=123)
+    b = yoco.generate(model, [prompt], 20, temperature=1.0, seed=123)
+    c = yoco.generate(model, [prompt], 20, temperature=1.0, seed=124)
+    assert a == b and a != c
+    greedy = yoco.generate(model, [prompt], 20)
+    assert yoco.generate(model, [prompt], 20, temperature=1.0, top_k=1, seed=5) == greedy
+    assert yoco.generate(model, [prompt], 20, temperature=1.0, top_p=1e-6, seed=5) == greedy
+
+
+def test_top_k_and_top_p_only_sample_allowed_tokens():
+    logits = torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.0]]).repeat(500, 1)
+    gen = torch.Generator().manual_seed(0)
+    top2 = yoco.inference.sampling.sample_next(logits, 1.0, top_k=2, generator=gen)
+    assert set(top2.tolist()) == {0, 1}
+    probs = logits[0].softmax(-1)  # 0.64, 0.24, ...: top_p 0.8 keeps the first two
+    nucleus = yoco.inference.sampling.sample_next(logits, 1.0, top_p=0.8, generator=gen)
+    assert set(nucleus.tolist()) == {0, 1} and probs[:2].sum() > 0.8 > probs[0]
+
+
+def successor(token: int) -> int:
+    return (5 * token + 3) % 99
+
+
+def trained_on_a_successor_rule(kind: str, steps: int = 80) -> torch.nn.Module:
+    """A tiny model taught ``next = (5 t + 3) mod 99``, so its greedy choices have clear margins
+    (a random tiny model's logits are near-ties that any rounding flips)."""
+    model = tiny_model(kind).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        rows = []
+        for start in torch.randint(0, 99, (16,), generator=gen).tolist():
+            row = [start]
+            while len(row) < 24:
+                row.append(successor(row[-1]))
+            rows.append(row)
+        ids = torch.tensor(rows)
+        loss = model(ids, labels=ids).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+def test_bf16_generation_matches_fp32_greedy_tokens(model_kind):
+    model = trained_on_a_successor_rule(model_kind)
+    prompt = [7, successor(7), successor(successor(7))]
+    fp32 = yoco.generate(model, [prompt], 12)
+    bf16 = yoco.generate(model.to(torch.bfloat16), [prompt], 12)
+    assert bf16 == fp32
+    assert fp32[0][:3] == [successor(prompt[-1]), successor(successor(prompt[-1])), fp32[0][2]]
+
+
+def test_bf16_cached_logits_track_fp32(model_kind):
+    """Teacher-forced: bf16 decoding through the cache stays within bf16 rounding of fp32."""
+    model = tiny_model(model_kind)
+    ids = torch.tensor([prompt_of(30)])
+    with torch.no_grad():
+        reference = model(ids).logits[0, 20:]
+    low = model.to(torch.bfloat16)
+    _, cache = yoco.prefill(low, ids[0, :20])
+    steps = []
+    with torch.no_grad():
+        for t in range(20, 30):
+            steps.append(low(ids[:, t : t + 1], past_key_values=cache).logits[0, 0].float())
+    torch.testing.assert_close(torch.stack(steps), reference, atol=0.03, rtol=0.05)
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda m: yoco.generate(m, [[]], 4), "empty"),
+        (lambda m: yoco.generate(m, [[1, 99]], 4), "outside the vocabulary"),
+        (lambda m: yoco.generate(m, [[1, -3]], 4), "outside the vocabulary"),
+        (lambda m: yoco.generate(m, [[1, 2]], 0), "max_new_tokens"),
+        (lambda m: yoco.generate(m, [[1] * 500], 13), "max_position_embeddings"),
+        (lambda m: yoco.generate(m, [[1]], 4, temperature=-1.0), "temperature"),
+        (lambda m: yoco.generate(m, [[1]], 4, top_p=0.0), "top_p"),
+        (lambda m: yoco.prefill(m, [1, 2], chunk_size=0), "chunk_size"),
+    ],
+)
+def test_bad_inputs_raise_value_error(model_kind, call, message):
+    with pytest.raises(ValueError, match=message):
+        call(tiny_model(model_kind))
+
+
+def test_a_rejected_step_leaves_the_cache_untouched(model_kind):
+    model = tiny_model(model_kind)
+    _, cache = yoco.prefill(model, prompt_of(10), capacity=600)
+    before = (list(cache.lengths), cache.nbytes())
+    for bad in (torch.tensor([[99]]), torch.tensor([[1] * 503])):
+        with pytest.raises(ValueError):
+            model(bad, past_key_values=cache)
+    assert (list(cache.lengths), cache.nbytes()) == before

@@ -1,0 +1,231 @@
+"""Inference state: one object per model, built from small per-layer stores.
+
+* :class:`GrowingKV`: keys/values that grow with the sequence (the Transformer's per-layer
+  cache, YOCO's single global cache). Storage is preallocated and grown in amortised blocks,
+  so appending a token writes in place and never copies the whole cache.
+* :class:`WindowKV`: a ring buffer of the last ``W - 1`` keys/values for sliding-window layers
+  (the current token is the W-th), constant size.
+* :class:`RecurrentState`: the ``(H, d_k, d_v)`` gated-retention state, constant size, float32.
+
+:class:`YocoCache` holds one constant-size store per self-decoder layer plus **one**
+GrowingKV; :class:`TransformerCache` holds one GrowingKV per layer. Both subclass
+``transformers.Cache`` so ``model.generate()`` carries them between steps.
+
+Rows of a batch may hold different lengths (prompts of unequal length decoded together):
+each store keeps per-row lengths and hands attention a key mask when they differ.
+"""
+
+import torch
+from transformers.cache_utils import Cache
+
+GROWTH_BLOCK = 256  # tokens; capacity grows to the next multiple of max(block, capacity)
+
+
+def _key_mask(lengths: list[int], n_keys: int, device) -> torch.Tensor | None:
+    """Bool (B, 1, 1, n_keys), True on real keys; None when every row is full-length."""
+    if all(n == n_keys for n in lengths):
+        return None
+    lengths_t = torch.tensor(lengths, device=device)
+    return (torch.arange(n_keys, device=device)[None, :] < lengths_t[:, None])[:, None, None, :]
+
+
+class GrowingKV:
+    """Keys and values (B, H_kv, capacity, d), rows left-aligned, per-row lengths."""
+
+    def __init__(self, batch: int, kv_heads: int, head_dim: int, dtype, device, capacity: int = 0):
+        shape = (batch, kv_heads, max(capacity, 0), head_dim)
+        self.keys = torch.zeros(shape, dtype=dtype, device=device)
+        self.values = torch.zeros(shape, dtype=dtype, device=device)
+        self.lengths = [0] * batch
+
+    @property
+    def capacity(self) -> int:
+        return self.keys.shape[2]
+
+    def _reserve(self, needed: int) -> None:
+        if needed <= self.capacity:
+            return
+        step = max(GROWTH_BLOCK, self.capacity)
+        new_capacity = -(-needed // step) * step
+        grow = new_capacity - self.capacity
+        pad = self.keys.new_zeros(*self.keys.shape[:2], grow, self.keys.shape[-1])
+        self.keys = torch.cat([self.keys, pad], dim=2)
+        self.values = torch.cat([self.values, pad], dim=2)
+
+    def append(
+        self, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Write k, v (B, H_kv, n, d) after each row's end; return all keys, values, key mask."""
+        n = k.shape[2]
+        self._reserve(max(self.lengths) + n)
+        if len(set(self.lengths)) == 1:
+            start = self.lengths[0]
+            self.keys[:, :, start : start + n] = k
+            self.values[:, :, start : start + n] = v
+        else:
+            for row, start in enumerate(self.lengths):
+                self.keys[row, :, start : start + n] = k[row]
+                self.values[row, :, start : start + n] = v[row]
+        self.lengths = [length + n for length in self.lengths]
+        end = max(self.lengths)
+        return self.keys[:, :, :end], self.values[:, :, :end], _key_mask(self.lengths, end, k.device)
+
+    def nbytes(self) -> int:
+        """Bytes of keys and values held (per-token accounting; allocation is in blocks)."""
+        per_token = 2 * self.keys.shape[1] * self.keys.shape[3] * self.keys.element_size()
+        return per_token * sum(self.lengths)
+
+    def allocated_nbytes(self) -> int:
+        return 2 * self.keys.numel() * self.keys.element_size()
+
+    @classmethod
+    def stack(cls, stores: list["GrowingKV"]) -> "GrowingKV":
+        """Rows of several stores as one batch (capacity of the largest)."""
+        first = stores[0]
+        capacity = max(s.capacity for s in stores)
+        batch = sum(s.keys.shape[0] for s in stores)
+        out = cls(
+            batch, first.keys.shape[1], first.keys.shape[3], first.keys.dtype, first.keys.device, capacity
+        )
+        row = 0
+        for s in stores:
+            rows = s.keys.shape[0]
+            out.keys[row : row + rows, :, : s.capacity] = s.keys
+            out.values[row : row + rows, :, : s.capacity] = s.values
+            row += rows
+        out.lengths = [n for s in stores for n in s.lengths]
+        return out
+
+
+class WindowKV:
+    """Ring buffer of the last ``window - 1`` keys/values: position p lives in slot p % (W-1)."""
+
+    def __init__(self, batch: int, kv_heads: int, head_dim: int, window: int, dtype, device):
+        self.window = window
+        shape = (batch, kv_heads, window - 1, head_dim)
+        self.keys = torch.zeros(shape, dtype=dtype, device=device)
+        self.values = torch.zeros(shape, dtype=dtype, device=device)
+        self.lengths = [0] * batch  # tokens seen so far, per row
+
+    @property
+    def slots(self) -> int:
+        return self.window - 1
+
+    def ordered_prefix(self) -> tuple[torch.Tensor, torch.Tensor] | tuple[None, None]:
+        """The last min(length, W-1) keys/values in position order; rows must share a length."""
+        if len(set(self.lengths)) != 1:
+            raise ValueError("a multi-token step needs every row of the batch at the same length")
+        length = self.lengths[0]
+        held = min(length, self.slots)
+        if held == 0:
+            return None, None
+        order = torch.arange(length - held, length, device=self.keys.device) % self.slots
+        return self.keys[:, :, order], self.values[:, :, order]
+
+    def all_slots(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Every slot, unordered, with a mask of filled ones (for one-token steps)."""
+        filled = [min(n, self.slots) for n in self.lengths]
+        return self.keys, self.values, _key_mask(filled, self.slots, self.keys.device)
+
+    def push(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Remember the last W-1 of the n new positions (B, H_kv, n, d)."""
+        n = k.shape[2]
+        if self.slots:
+            keep = min(n, self.slots)
+            for row, length in enumerate(self.lengths):
+                slots = torch.arange(length + n - keep, length + n, device=k.device) % self.slots
+                self.keys[row, :, slots] = k[row, :, n - keep :]
+                self.values[row, :, slots] = v[row, :, n - keep :]
+        self.lengths = [length + n for length in self.lengths]
+
+    def nbytes(self) -> int:
+        return 2 * self.keys.numel() * self.keys.element_size()
+
+    @classmethod
+    def stack(cls, stores: list["WindowKV"]) -> "WindowKV":
+        first = stores[0]
+        out = cls.__new__(cls)
+        out.window = first.window
+        out.keys = torch.cat([s.keys for s in stores])
+        out.values = torch.cat([s.values for s in stores])
+        out.lengths = [n for s in stores for n in s.lengths]
+        return out
+
+
+class RecurrentState:
+    """Gated-retention state (B, H, d_k, d_v), always float32."""
+
+    def __init__(self, batch: int, heads: int, head_dim: int, device):
+        self.state = torch.zeros(batch, heads, head_dim, head_dim, dtype=torch.float32, device=device)
+        self.lengths = [0] * batch
+
+    def nbytes(self) -> int:
+        return self.state.numel() * self.state.element_size()
+
+    @classmethod
+    def stack(cls, stores: list["RecurrentState"]) -> "RecurrentState":
+        out = cls.__new__(cls)
+        out.state = torch.cat([s.state for s in stores])
+        out.lengths = [n for s in stores for n in s.lengths]
+        return out
+
+
+class ModelCache(Cache):
+    """What both model caches share: per-row lengths, byte counts, batching, HF plumbing."""
+
+    is_compileable = False
+
+    def __init__(self):
+        super().__init__(layers=[])
+
+    def stores(self) -> list:
+        raise NotImplementedError
+
+    @property
+    def lengths(self) -> list[int]:
+        return self.stores()[0].lengths
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return max(self.lengths)
+
+    def nbytes(self) -> int:
+        return sum(store.nbytes() for store in self.stores())
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(batch={len(self.lengths)}, lengths={self.lengths}, nbytes={self.nbytes()})"
+
+
+class TransformerCache(ModelCache):
+    def __init__(self, layers: list[GrowingKV]):
+        super().__init__()
+        self.kv = layers
+
+    def stores(self) -> list:
+        return self.kv
+
+    @classmethod
+    def stack(cls, caches: list["TransformerCache"]) -> "TransformerCache":
+        return cls(
+            [GrowingKV.stack(list(per_layer)) for per_layer in zip(*(c.kv for c in caches), strict=True)]
+        )
+
+
+class YocoCache(ModelCache):
+    def __init__(self, self_decoder: list, shared_kv: GrowingKV):
+        super().__init__()
+        self.self_decoder = self_decoder  # one WindowKV or RecurrentState per self-decoder layer
+        self.shared_kv = shared_kv  # the one global cache every cross-decoder layer reads
+
+    def stores(self) -> list:
+        return [*self.self_decoder, self.shared_kv]
+
+    def self_decoder_nbytes(self) -> int:
+        return sum(store.nbytes() for store in self.self_decoder)
+
+    @classmethod
+    def stack(cls, caches: list["YocoCache"]) -> "YocoCache":
+        per_layer = zip(*(c.self_decoder for c in caches), strict=True)
+        return cls(
+            [type(stores[0]).stack(list(stores)) for stores in per_layer],
+            GrowingKV.stack([c.shared_kv for c in caches]),
+        )

@@ -1,0 +1,3 @@
+from yoco.inference.engine import generate, prefill, stream_generate
+
+__all__ = ["generate", "prefill", "stream_generate"]

@@ -1,0 +1,139 @@
+"""Prefill and generation with one cache per model.
+
+``prefill`` runs a prompt through the model once, filling the cache: for YOCO only the
+self-decoder and the shared K/V projection see every prompt token, and the cross-decoder and
+LM head run for the last position only. With ``chunk_size`` the prompt goes through in chunks,
+so activation memory depends on the chunk, not the prompt.
+
+``generate`` prefills each prompt on its own (so prompts of different lengths need no padding
+and give exactly what they give alone), stacks the caches into one batch, then decodes one
+token per row per step. ``stream_generate`` yields each step's tokens as they come.
+
+Every argument is checked before any cache is created, so a bad call changes nothing.
+Both run under ``no_grad`` rather than ``inference_mode``: a cache made of inference tensors
+could not be extended by a later plain forward call.
+"""
+
+from collections.abc import Iterator, Sequence
+
+import torch
+
+from yoco.cache import ModelCache
+from yoco.inference.sampling import check_sampling, sample_next
+
+
+def _as_prompts(prompts) -> list[list[int]]:
+    """A batch of prompts as lists of ints; a single flat prompt becomes a batch of one."""
+    if isinstance(prompts, torch.Tensor):
+        prompts = prompts.tolist()
+    if prompts and isinstance(prompts[0], int):
+        prompts = [prompts]
+    out = [p.tolist() if isinstance(p, torch.Tensor) else list(p) for p in prompts]
+    if not out:
+        raise ValueError("no prompts given")
+    return out
+
+
+def check_prompt(model, prompt: Sequence[int], extra_tokens: int = 0) -> None:
+    """Raise ValueError if the prompt is empty, has ids outside the vocabulary, or would run
+    past ``max_position_embeddings`` once ``extra_tokens`` more are generated."""
+    config = model.config
+    if len(prompt) == 0:
+        raise ValueError("prompt is empty: give at least one token")
+    bad = [t for t in prompt if not 0 <= t < config.vocab_size]
+    if bad:
+        raise ValueError(f"token id {bad[0]} is outside the vocabulary [0, {config.vocab_size})")
+    total = len(prompt) + extra_tokens
+    if total > config.max_position_embeddings:
+        raise ValueError(
+            f"prompt of {len(prompt)} tokens + {extra_tokens} new tokens = {total} exceeds "
+            f"max_position_embeddings={config.max_position_embeddings}"
+        )
+
+
+def _positions(cache: ModelCache, n: int, device) -> torch.Tensor:
+    return torch.tensor(cache.lengths, device=device)[:, None] + torch.arange(n, device=device)
+
+
+@torch.no_grad()
+def prefill(
+    model, input_ids, chunk_size: int | None = None, capacity: int | None = None
+) -> tuple[torch.Tensor, ModelCache]:
+    """Run a prompt (N,) or a batch of equal-length prompts (B, N) into a fresh cache.
+
+    Returns the logits for the last position (B, vocab) and the cache. ``capacity`` reserves
+    room for that many tokens up front (default: the prompt), so later appends do not grow it.
+    """
+    ids = torch.as_tensor(input_ids, device=model.device)
+    ids = ids[None] if ids.dim() == 1 else ids
+    for row in ids.tolist():
+        check_prompt(model, row)
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    n = ids.shape[1]
+    cache = model.new_cache(ids.shape[0], capacity or n)
+    step = chunk_size or n
+    for start in range(0, n - step, step):  # every chunk but the last: fill the cache only
+        chunk = ids[:, start : start + step]
+        embeds = model.model.embed_tokens(chunk)
+        model.model(embeds, _positions(cache, chunk.shape[1], ids.device), cache, keep_last=0)
+    last_chunk = ids[:, ((n - 1) // step) * step :]
+    logits = model(last_chunk, past_key_values=cache, logits_to_keep=1).logits[:, -1]
+    return logits, cache
+
+
+@torch.no_grad()
+def stream_generate(
+    model,
+    prompts,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    stop_token_ids: Sequence[int] | None = None,
+    prefill_chunk_size: int | None = None,
+    seed: int | None = None,
+) -> Iterator[list[int | None]]:
+    """Yield, at each step, one new token per prompt (None for prompts that have stopped).
+
+    A prompt stops after emitting a token in ``stop_token_ids`` (that token is yielded) or
+    after ``max_new_tokens``.
+    """
+    prompts = _as_prompts(prompts)
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    check_sampling(temperature, top_k, top_p)
+    for prompt in prompts:
+        check_prompt(model, prompt, max_new_tokens)
+    stops = set(stop_token_ids or ())
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=model.device).manual_seed(seed)
+
+    logits, caches = [], []
+    for prompt in prompts:
+        last, cache = prefill(model, prompt, prefill_chunk_size, capacity=len(prompt) + max_new_tokens)
+        logits.append(last)
+        caches.append(cache)
+    cache = caches[0] if len(caches) == 1 else type(caches[0]).stack(caches)
+    logits = torch.cat(logits)
+    done = [False] * len(prompts)
+    for step in range(max_new_tokens):
+        tokens = sample_next(logits, temperature, top_k, top_p, generator)
+        emitted = [None if d else t for d, t in zip(done, tokens.tolist(), strict=True)]
+        done = [d or (t in stops) for d, t in zip(done, tokens.tolist(), strict=True)]
+        yield emitted
+        if all(done) or step == max_new_tokens - 1:
+            return
+        logits = model(tokens[:, None], past_key_values=cache, logits_to_keep=1).logits[:, -1]
+
+
+def generate(model, prompts, max_new_tokens: int, **options) -> list[list[int]]:
+    """New tokens for each prompt (prompt excluded); options as in :func:`stream_generate`."""
+    outputs: list[list[int]] | None = None
+    for step in stream_generate(model, prompts, max_new_tokens, **options):
+        outputs = outputs or [[] for _ in step]
+        for row, token in enumerate(step):
+            if token is not None:
+                outputs[row].append(token)
+    return outputs
