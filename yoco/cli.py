@@ -4,6 +4,7 @@ import sys
 
 COMMANDS = {
     "demo": ("yoco.demo", "compare YOCO and a Transformer of the same shape"),
+    "generate": ("yoco.generate_cli", "stream a completion from a model"),
 }
 
 
