@@ -7,8 +7,10 @@ subtracted one from the window twice; tests pin both edges of ours.)
 Shapes: q (B, H, N, d); k, v (B, H_kv, N, d). ``k_prefix``/``v_prefix`` (B, H_kv, P, d) are keys
 that come *before* the first query (a decoding cache of at most W - 1 positions).
 
-:func:`sliding_window_attention` splits queries into blocks of ``block`` positions; each block
-attends to its own keys plus the W - 1 keys before it, so no N × N mask is ever built.
+:func:`sliding_window_attention` gives the first queries (whose windows reach back past the
+first key) plain causal attention, and splits the rest into blocks of ``block`` queries; each
+block attends to its own keys plus the W - 1 keys before it under one shared band mask, so
+nothing of size N × N is ever built: O(N·(W + block)) time and memory.
 :func:`sliding_window_attention_reference` does build it, and is the reference in tests.
 """
 
@@ -16,6 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from yoco.ops.attention import attention_reference, causal_attention
+
+DEFAULT_BLOCK = 256  # queries per block: each block computes blk x (blk + W - 1) scores
 
 
 def _with_prefix(k, v, k_prefix, v_prefix):
@@ -50,45 +54,44 @@ def sliding_window_attention(
     """Blocked sliding-window attention; returns (B, H, N, d)."""
     if window < 1:
         raise ValueError(f"window must be >= 1, got {window}")
-    b, h, n, d = q.shape
-    h_kv = k.shape[1]
+    n = q.shape[2]
     prefix_len = 0 if k_prefix is None else k_prefix.shape[-2]
     if prefix_len > window - 1:
         raise ValueError(f"k_prefix holds {prefix_len} positions; a window of {window} needs <= {window - 1}")
-    if prefix_len + n <= window:
-        # Every query sees every key: plain causal attention is the same thing, and faster.
-        k, v, _ = _with_prefix(k, v, k_prefix, v_prefix)
-        return causal_attention(q, k, v)
+    # The first `head` queries have windows reaching before the first key we hold: they see
+    # every key up to themselves, which is plain causal attention over at most W positions.
+    head = min(n, max(0, window - 1 - prefix_len))
+    keys, values, _ = _with_prefix(k, v, k_prefix, v_prefix)
+    parts = []
+    if head:
+        parts.append(causal_attention(q[:, :, :head], keys[:, :, : prefix_len + head], values[:, :, : prefix_len + head]))
+    if head < n:
+        parts.append(_banded(q[:, :, head:], keys, values, window, first_key=prefix_len + head - (window - 1), block=block))
+    return torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
 
-    blk = min(block or window, n)
+
+def _banded(q, keys, values, window: int, first_key: int, block: int | None) -> torch.Tensor:
+    """Queries whose windows lie wholly inside ``keys``: query i sees keys
+    ``first_key + i .. first_key + i + W - 1``. Blocks of queries share one band mask."""
+    b, h, n, d = q.shape
+    h_kv = keys.shape[1]
+    blk = min(block or DEFAULT_BLOCK, n)
     n_blocks = -(-n // blk)
     pad = n_blocks * blk - n
     span = blk + window - 1  # keys one block of queries can see
-    # Keys laid out so that block i's keys are positions [i*blk, i*blk + span): the W - 1 slots
-    # before the first query hold the prefix, left-filled with zeros that the mask hides.
-    front = window - 1 - prefix_len
-    zeros = k.new_zeros(b, h_kv, front, d)
-    tail = k.new_zeros(b, h_kv, pad, d)
-    parts_k = [zeros] + ([k_prefix] if prefix_len else []) + [k, tail]
-    parts_v = [zeros] + ([v_prefix] if prefix_len else []) + [v, tail]
-    k_all, v_all = (
-        torch.cat(parts_k, dim=-2),
-        torch.cat(parts_v, dim=-2),
-    )  # (B, H_kv, W-1+nb*blk, d)
-    # unfold -> (B, H_kv, nb, d, span) -> (B, nb, H_kv, span, d): heads at dim -3 for enable_gqa
-    k_blocks = k_all.unfold(2, span, blk).permute(0, 2, 1, 4, 3)
-    v_blocks = v_all.unfold(2, span, blk).permute(0, 2, 1, 4, 3)
-    q_blocks = F.pad(q, (0, 0, 0, pad)).view(b, h, n_blocks, blk, d).transpose(1, 2)  # (B, nb, H, blk, d)
-
-    # Query a of a block sees key slots a .. a + W - 1 (the band), minus the zero filler.
+    # Keys from first_key on, zero-padded at the end so the last block has a full span; only
+    # padded queries can see the padding.
+    needed = first_key + n_blocks * blk + window - 1 - keys.shape[2]
+    keys = F.pad(keys[:, :, first_key:], (0, 0, 0, max(needed, 0) + pad))
+    values = F.pad(values[:, :, first_key:], (0, 0, 0, max(needed, 0) + pad))
+    # Block j sees key slots [j*blk, j*blk + span): unfold (a view) then fold blocks into the
+    # batch dimension. SDPA on CPU takes its fused kernel for 4-D inputs only.
+    k_blocks = keys.unfold(2, span, blk)[:, :, :n_blocks].permute(0, 2, 1, 4, 3).reshape(b * n_blocks, h_kv, span, d)
+    v_blocks = values.unfold(2, span, blk)[:, :, :n_blocks].permute(0, 2, 1, 4, 3).reshape(b * n_blocks, h_kv, span, d)
+    q_blocks = F.pad(q, (0, 0, 0, pad)).view(b, h, n_blocks, blk, d).transpose(1, 2).reshape(b * n_blocks, h, blk, d)
     a = torch.arange(blk, device=q.device)[:, None]
     c = torch.arange(span, device=q.device)[None, :]
-    band = (c >= a) & (c <= a + window - 1)  # (blk, span)
-    slot_pos = torch.arange(n_blocks, device=q.device)[:, None] * blk + c - front  # (nb, span)
-    real = slot_pos >= 0  # False on the zero filler
-    mask = (band[None] & real[:, None, :])[:, None]  # (nb, 1, blk, span)
-
-    out = F.scaled_dot_product_attention(
-        q_blocks, k_blocks, v_blocks, attn_mask=mask, enable_gqa=h != h_kv
-    )  # (B, nb, H, blk, d)
-    return out.transpose(1, 2).reshape(b, h, n_blocks * blk, d)[:, :, :n]
+    band = (c >= a) & (c <= a + window - 1)  # (blk, span): query a of a block sees slots a .. a+W-1
+    out = F.scaled_dot_product_attention(q_blocks, k_blocks, v_blocks, attn_mask=band, enable_gqa=h != h_kv)
+    out = out.view(b, n_blocks, h, blk, d).transpose(1, 2).reshape(b, h, n_blocks * blk, d)
+    return out[:, :, :n]
