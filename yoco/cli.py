@@ -5,6 +5,7 @@ import sys
 COMMANDS = {
     "demo": ("yoco.demo", "compare YOCO and a Transformer of the same shape"),
     "generate": ("yoco.generate_cli", "stream a completion from a model"),
+    "bench": ("yoco.bench.profile", "profile prefill, memory and decode against a Transformer and HF Llama"),
 }
 
 

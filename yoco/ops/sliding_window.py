@@ -64,9 +64,17 @@ def sliding_window_attention(
     keys, values, _ = _with_prefix(k, v, k_prefix, v_prefix)
     parts = []
     if head:
-        parts.append(causal_attention(q[:, :, :head], keys[:, :, : prefix_len + head], values[:, :, : prefix_len + head]))
+        parts.append(
+            causal_attention(
+                q[:, :, :head], keys[:, :, : prefix_len + head], values[:, :, : prefix_len + head]
+            )
+        )
     if head < n:
-        parts.append(_banded(q[:, :, head:], keys, values, window, first_key=prefix_len + head - (window - 1), block=block))
+        parts.append(
+            _banded(
+                q[:, :, head:], keys, values, window, first_key=prefix_len + head - (window - 1), block=block
+            )
+        )
     return torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
 
 
@@ -86,9 +94,17 @@ def _banded(q, keys, values, window: int, first_key: int, block: int | None) -> 
     values = F.pad(values[:, :, first_key:], (0, 0, 0, max(needed, 0) + pad))
     # Block j sees key slots [j*blk, j*blk + span): unfold (a view) then fold blocks into the
     # batch dimension. SDPA on CPU takes its fused kernel for 4-D inputs only.
-    k_blocks = keys.unfold(2, span, blk)[:, :, :n_blocks].permute(0, 2, 1, 4, 3).reshape(b * n_blocks, h_kv, span, d)
-    v_blocks = values.unfold(2, span, blk)[:, :, :n_blocks].permute(0, 2, 1, 4, 3).reshape(b * n_blocks, h_kv, span, d)
-    q_blocks = F.pad(q, (0, 0, 0, pad)).view(b, h, n_blocks, blk, d).transpose(1, 2).reshape(b * n_blocks, h, blk, d)
+    k_blocks = (
+        keys.unfold(2, span, blk)[:, :, :n_blocks].permute(0, 2, 1, 4, 3).reshape(b * n_blocks, h_kv, span, d)
+    )
+    v_blocks = (
+        values.unfold(2, span, blk)[:, :, :n_blocks]
+        .permute(0, 2, 1, 4, 3)
+        .reshape(b * n_blocks, h_kv, span, d)
+    )
+    q_blocks = (
+        F.pad(q, (0, 0, 0, pad)).view(b, h, n_blocks, blk, d).transpose(1, 2).reshape(b * n_blocks, h, blk, d)
+    )
     a = torch.arange(blk, device=q.device)[:, None]
     c = torch.arange(span, device=q.device)[None, :]
     band = (c >= a) & (c <= a + window - 1)  # (blk, span): query a of a block sees slots a .. a+W-1

@@ -1,0 +1,48 @@
+"""`yoco bench --quick` as a smoke test: every cell measured, outputs written. No timing asserts."""
+
+import json
+
+from yoco.bench.flops import Shape, cache_bytes, prefill_flops
+from yoco.bench.profile import main
+from yoco.bench.report import update_section
+
+
+def test_quick_bench_measures_every_cell_and_writes_outputs(tmp_path):
+    doc = tmp_path / "BENCHMARKS.md"
+    doc.write_text("# Benchmarks\n\nintro stays\n")
+    main(["--quick", "--out", str(tmp_path / "bench"), "--benchmarks-md", str(doc), "--no-progress"])
+    results = json.loads((tmp_path / "bench" / "profile.json").read_text())
+    cells = results["cells"]
+    assert len(cells) == 2 * 2 * 4  # dtypes x lengths x systems
+    for cell in cells:
+        assert cell["prefill_s"] > 0 and cell["decode_tokens_per_s"] > 0 and cell["budget_batch"] >= 1
+        # Measured cache bytes must be exactly what the analytical count says.
+        assert cell["cache_bytes"] == cell["theory_cache_bytes"], cell
+    for name in ("prefill_latency.png", "memory.png", "throughput.png", "profile.md"):
+        assert (tmp_path / "bench" / name).stat().st_size > 0
+    text = doc.read_text()
+    assert "intro stays" in text and "<!-- profile:start -->" in text and "HF Llama" in text
+
+
+def test_theoretical_ratios_match_the_issue_figures():
+    """The FLOP-count limits quoted for d=512, 8 layers: ~6x (gRet) / ~5.3x (SWA) at 16K."""
+    shape = Shape(32000, 512, 1376, 8, 8, 8)
+    ratio = {
+        (s, n): prefill_flops("transformer", shape, n) / prefill_flops(s, shape, n)
+        for s in ("yoco-gret", "yoco-swa")
+        for n in (16384, 32768)
+    }
+    assert 5.5 < ratio["yoco-gret", 16384] < 6.5 and 10 < ratio["yoco-gret", 32768] < 11
+    assert 5.0 < ratio["yoco-swa", 16384] < 5.7 and 8.8 < ratio["yoco-swa", 32768] < 9.6
+    per_token_transformer = cache_bytes("transformer", shape, 2, 2) - cache_bytes("transformer", shape, 1, 2)
+    per_token_yoco = cache_bytes("yoco-gret", shape, 2, 2) - cache_bytes("yoco-gret", shape, 1, 2)
+    assert per_token_transformer == 8 * per_token_yoco
+
+
+def test_update_section_replaces_only_its_own_block(tmp_path):
+    doc = tmp_path / "B.md"
+    update_section(doc, "a", "first", tmp_path)
+    update_section(doc, "b", "other", tmp_path)
+    update_section(doc, "a", "second", tmp_path)
+    text = doc.read_text()
+    assert "second" in text and "first" not in text and "other" in text

@@ -1,0 +1,1 @@
+"""Profiling: analytical FLOP/byte counts and the measured comparison behind `yoco bench`."""

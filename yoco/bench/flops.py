@@ -1,0 +1,133 @@
+"""Analytical costs of prefill and decode, from the shapes alone.
+
+These give the *theoretical* ratios printed beside every measured one. Counts are
+multiply-accumulates x 2 (FLOPs) of the matrix products; element-wise work (norms, rotary,
+softmax, gates) is left out, as is usual, which is why no real run reaches the matmul peak.
+
+Conventions, matching what the engine runs:
+* prefill computes logits for the last position only (for every system, HF Llama included);
+* causal attention over N tokens costs sum_i (i+1) key visits, i.e. N(N+1)/2;
+* YOCO's cross-decoder runs for the last prompt position only (early exit);
+* gated retention is counted as the chunkwise algorithm computes it (C x C scores per chunk,
+  one state read and one state update per token).
+"""
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Shape:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    sliding_window: int = 1024
+    gret_chunk_size: int = 64
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def kv_dim(self) -> int:
+        return self.num_key_value_heads * self.head_dim
+
+    @property
+    def self_layers(self) -> int:
+        return self.num_hidden_layers // 2
+
+    @property
+    def cross_layers(self) -> int:
+        return self.num_hidden_layers - self.self_layers
+
+    def ffn_macs(self) -> int:
+        return 3 * self.hidden_size * self.intermediate_size
+
+    def attention_proj_macs(self) -> int:
+        d = self.hidden_size
+        return 2 * d * d + 2 * d * self.kv_dim  # q, o + k, v
+
+
+def _attention_macs(shape: Shape, key_visits: int) -> int:
+    """Scores and weighted sum: 2 x head_dim per (query, key, head)."""
+    return 2 * shape.head_dim * shape.num_attention_heads * key_visits
+
+
+def _causal_visits(n: int, window: int | None = None) -> int:
+    if window is None or window >= n:
+        return n * (n + 1) // 2
+    return window * (window + 1) // 2 + (n - window) * window
+
+
+def prefill_flops(system: str, shape: Shape, n: int) -> float:
+    """FLOPs to prefill ``n`` tokens and produce the next-token logits."""
+    d = shape.hidden_size
+    lm_head = d * shape.vocab_size
+    if system in ("transformer", "hf-llama"):
+        per_layer = n * (shape.attention_proj_macs() + shape.ffn_macs()) + _attention_macs(
+            shape, _causal_visits(n)
+        )
+        return 2.0 * (shape.num_hidden_layers * per_layer + lm_head)
+
+    if system == "yoco-swa":
+        mixer = n * shape.attention_proj_macs() + _attention_macs(
+            shape, _causal_visits(n, shape.sliding_window)
+        )
+    elif system == "yoco-gret":
+        h, dk = shape.num_attention_heads, shape.head_dim
+        c = min(shape.gret_chunk_size, n)
+        projections = n * (5 * d * d + d * h)  # q, k, v, gate, out + decay
+        retention = n * h * (2 * c * dk + 2 * dk * dk)  # intra-chunk scores and sums; state read/update
+        mixer = projections + retention
+    else:
+        raise ValueError(f"unknown system {system!r}")
+    self_decoder = shape.self_layers * (mixer + n * shape.ffn_macs())
+    shared_kv = n * 2 * d * shape.kv_dim
+    cross_last = shape.cross_layers * (2 * d * d + _attention_macs(shape, n) + shape.ffn_macs())
+    return 2.0 * (self_decoder + shared_kv + cross_last + lm_head)
+
+
+def cache_bytes(system: str, shape: Shape, n: int, bytes_per_element: int) -> int:
+    """Inference-state bytes after ``n`` tokens (gRet state is float32 whatever the dtype)."""
+    kv_per_token = 2 * shape.kv_dim * bytes_per_element
+    if system in ("transformer", "hf-llama"):
+        return shape.num_hidden_layers * kv_per_token * n
+    if system == "yoco-swa":
+        state = shape.self_layers * kv_per_token * (shape.sliding_window - 1)
+    elif system == "yoco-gret":
+        state = shape.self_layers * shape.num_attention_heads * shape.head_dim**2 * 4
+    else:
+        raise ValueError(f"unknown system {system!r}")
+    return state + kv_per_token * n
+
+
+def parameter_count(shape: Shape, system: str) -> int:
+    """Non-embedding parameters plus the LM head (what every decode step reads)."""
+    d = shape.hidden_size
+    norms = 2 * d
+    if system in ("transformer", "hf-llama"):
+        return (
+            shape.num_hidden_layers * (shape.attention_proj_macs() + shape.ffn_macs() + norms)
+            + d * shape.vocab_size
+        )
+    if system == "yoco-swa":
+        mixer = shape.attention_proj_macs()
+    else:
+        mixer = 5 * d * d + d * shape.num_attention_heads
+    cross = 2 * d * d
+    return (
+        shape.self_layers * (mixer + shape.ffn_macs() + norms)
+        + 2 * d * shape.kv_dim
+        + shape.cross_layers * (cross + shape.ffn_macs() + norms)
+        + d * shape.vocab_size
+    )
+
+
+def decode_bytes(system: str, shape: Shape, n: int, bytes_per_element: int) -> int:
+    """Bytes one decode step at context ``n`` must read: weights plus the whole cache.
+    Decoding is memory-bound, so this bounds its speed."""
+    return parameter_count(shape, system) * bytes_per_element + cache_bytes(
+        system, shape, n, bytes_per_element
+    )
