@@ -86,9 +86,9 @@ class PeakRSS:
         return self.peak - self.start
 
 
-def timed(fn):
+def timed(fn, *args, **kwargs):
     start = time.perf_counter()
-    out = fn()
+    out = fn(*args, **kwargs)
     return out, time.perf_counter() - start
 
 
@@ -122,9 +122,7 @@ def run(args) -> dict:
                 for system in systems:
                     bar.set_postfix_str(f"{dtype_name} {length} {system} run {repeat}")
                     caches.pop(system, None)
-                    (logits, cache), seconds = timed(
-                        lambda r=runners[system]: r.prefill(ids, reserve=new_tokens)
-                    )
+                    (logits, cache), seconds = timed(runners[system].prefill, ids, reserve=new_tokens)
                     if repeat:
                         times[system].append(seconds)
                     caches[system] = (logits, cache)
@@ -169,22 +167,17 @@ def decode_and_memory(
     del cache
     with PeakRSS() as rss:
         logits, cache = runner.prefill(ids, reserve=new_tokens)
+        runner.decode(logits, runner.replicate(cache, 1), 2)  # warm-up
         working = runner.replicate(cache, 1)
-        runner.decode(logits, working, 2)  # warm-up
-        del working
-        working = runner.replicate(cache, 1)
-        _, seconds = timed(lambda: runner.decode(logits, working, new_tokens))
+        _, seconds = timed(runner.decode, logits, working, new_tokens)
     tokens_per_s = new_tokens / seconds
     per_sequence = runner.cache_nbytes(working)  # after new_tokens more: the most a sequence holds
     del working
     batch = max(1, min(max_batch, budget // max(per_sequence, 1)))
     batch_logits = logits.expand(batch, -1)
-    warm_up = runner.replicate(cache, batch)  # a new batch shape: let the kernels settle first
-    runner.decode(batch_logits, warm_up, 2)
-    del warm_up
-    batched = runner.replicate(cache, batch)
-    _, batch_seconds = timed(lambda: runner.decode(batch_logits, batched, new_tokens))
-    del batched
+    # A new batch shape: let the kernels settle on a throwaway copy first.
+    runner.decode(batch_logits, runner.replicate(cache, batch), 2)
+    _, batch_seconds = timed(runner.decode, batch_logits, runner.replicate(cache, batch), new_tokens)
     return dict(
         prefill_runs_s=prefill_times,
         prefill_s=statistics.median(prefill_times),
