@@ -202,3 +202,44 @@ def test_a_rejected_step_leaves_the_cache_untouched(model_kind):
         with pytest.raises(ValueError):
             model(bad, past_key_values=cache)
     assert (list(cache.lengths), cache.nbytes()) == before
+
+
+def test_transformers_beam_search_and_multiple_sequences(model_kind):
+    model = tiny_model(model_kind)
+    ids = torch.tensor([prompt_of(10), prompt_of(10, seed=4)])
+    with_cache = model.generate(ids, max_new_tokens=8, num_beams=3, num_return_sequences=3)
+    without = model.generate(ids, max_new_tokens=8, num_beams=3, num_return_sequences=3, use_cache=False)
+    assert torch.equal(with_cache, without), "beam reordering must follow the beams"
+    sampled = model.generate(ids, max_new_tokens=6, do_sample=True, num_return_sequences=3)
+    assert sampled.shape == (6, 16)
+
+
+def test_prompt_lookup_decoding_rolls_back_or_refuses(model_kind):
+    model = tiny_model(model_kind)
+    prompt = [5, 6, 7, 8] * 3 + [5, 6]
+    call = lambda: model.generate(torch.tensor([prompt]), max_new_tokens=10, prompt_lookup_num_tokens=3)  # noqa: E731
+    if model_kind == "transformer":
+        assert call()[0, len(prompt) :].tolist() == yoco.generate(model, [prompt], 10)[0]
+    else:
+        with pytest.raises(ValueError, match="cannot be rolled back"):
+            call()
+
+
+def test_a_step_that_does_not_fit_the_cache_is_refused_before_writing(model_kind):
+    model = tiny_model(model_kind)
+    _, short = yoco.prefill(model, prompt_of(3))
+    _, long = yoco.prefill(model, prompt_of(5))
+    unequal = type(short).stack([short, long])
+    _, pair = yoco.prefill(model, torch.tensor([prompt_of(4), prompt_of(4, seed=1)]))
+    cases = [
+        (unequal, torch.tensor([[1, 2], [3, 4]]), "one-token steps"),
+        (pair, torch.tensor([[9]]), "batch size"),
+        (short, torch.tensor([[1], [2]]), "batch size"),
+    ]
+    for cache, ids, message in cases:
+        before = [list(s.lengths) for s in cache.stores()], cache.nbytes()
+        with pytest.raises(ValueError, match=message):
+            model(ids, past_key_values=cache)
+        assert ([list(s.lengths) for s in cache.stores()], cache.nbytes()) == before
+    with pytest.raises(ValueError, match="make a new cache"):
+        model.to(torch.bfloat16)(torch.tensor([[1]]), past_key_values=short)

@@ -70,6 +70,17 @@ class GrowingKV:
         end = max(self.lengths)
         return self.keys[:, :, :end], self.values[:, :, :end], _key_mask(self.lengths, end, k.device)
 
+    def select_rows(self, rows: torch.Tensor) -> None:
+        """Keep (and reorder) the given batch rows, e.g. the surviving beams."""
+        self.keys, self.values = self.keys[rows], self.values[rows]
+        self.lengths = [self.lengths[i] for i in rows.tolist()]
+
+    def crop(self, tokens_to_remove: int) -> None:
+        """Forget the last ``-tokens_to_remove`` positions (transformers' convention: <= 0)."""
+        if tokens_to_remove > 0:
+            raise ValueError(f"crop takes the negative number of tokens to remove, got {tokens_to_remove}")
+        self.lengths = [max(0, n + tokens_to_remove) for n in self.lengths]
+
     def nbytes(self) -> int:
         """Bytes of keys and values held (per-token accounting; allocation is in blocks)."""
         per_token = 2 * self.keys.shape[1] * self.keys.shape[3] * self.keys.element_size()
@@ -138,6 +149,10 @@ class WindowKV:
                 self.values[row, :, slots] = v[row, :, n - keep :]
         self.lengths = [length + n for length in self.lengths]
 
+    def select_rows(self, rows: torch.Tensor) -> None:
+        self.keys, self.values = self.keys[rows], self.values[rows]
+        self.lengths = [self.lengths[i] for i in rows.tolist()]
+
     def nbytes(self) -> int:
         return 2 * self.keys.numel() * self.keys.element_size()
 
@@ -158,6 +173,10 @@ class RecurrentState:
     def __init__(self, batch: int, heads: int, head_dim: int, device):
         self.state = torch.zeros(batch, heads, head_dim, head_dim, dtype=torch.float32, device=device)
         self.lengths = [0] * batch
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        self.state = self.state[rows]
+        self.lengths = [self.lengths[i] for i in rows.tolist()]
 
     def nbytes(self) -> int:
         return self.state.numel() * self.state.element_size()
@@ -185,8 +204,31 @@ class ModelCache(Cache):
     def lengths(self) -> list[int]:
         return self.stores()[0].lengths
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.stores()[-1].keys.dtype
+
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return max(self.lengths)
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        """Beam search: row i of the result is row ``beam_idx[i]`` of the cache."""
+        for store in self.stores():
+            store.select_rows(beam_idx.to("cpu"))
+
+    def check_step(self, batch_size: int, n_tokens: int, dtype: torch.dtype) -> None:
+        """Raise ValueError, before anything is written, if a step of ``n_tokens`` tokens for
+        ``batch_size`` rows cannot extend this cache."""
+        if batch_size != len(self.lengths):
+            raise ValueError(
+                f"input has batch size {batch_size} but the cache holds {len(self.lengths)} rows"
+            )
+        if n_tokens > 1 and len(set(self.lengths)) > 1:
+            raise ValueError(
+                f"rows hold different lengths {self.lengths}: only one-token steps can extend them"
+            )
+        if dtype != self.dtype:
+            raise ValueError(f"cache holds {self.dtype} but the model runs {dtype}: make a new cache")
 
     def nbytes(self) -> int:
         return sum(store.nbytes() for store in self.stores())
@@ -203,6 +245,11 @@ class TransformerCache(ModelCache):
     def stores(self) -> list:
         return self.kv
 
+    def crop(self, tokens_to_remove: int) -> None:
+        """Undo the last tokens (assisted / prompt-lookup decoding in ``generate()``)."""
+        for store in self.kv:
+            store.crop(tokens_to_remove)
+
     @classmethod
     def stack(cls, caches: list["TransformerCache"]) -> "TransformerCache":
         return cls(
@@ -218,6 +265,14 @@ class YocoCache(ModelCache):
 
     def stores(self) -> list:
         return [*self.self_decoder, self.shared_kv]
+
+    def crop(self, tokens_to_remove: int) -> None:
+        if tokens_to_remove == 0:
+            return
+        raise ValueError(
+            "a YOCO cache cannot be rolled back (its self-decoder state is recurrent): "
+            "assisted and prompt-lookup decoding are not supported"
+        )
 
     def self_decoder_nbytes(self) -> int:
         return sum(store.nbytes() for store in self.self_decoder)

@@ -119,7 +119,11 @@ class CausalLM(DecoderPreTrainedModel, GenerationMixin):
         if model_kwargs.get("past_key_values") is None and generation_config.use_cache is not False:
             batch_size = kwargs.get("batch_size", args[1] if len(args) > 1 else 1)
             capacity = kwargs.get("max_cache_length", args[2] if len(args) > 2 else 0)
-            model_kwargs["past_key_values"] = self.new_cache(batch_size, capacity)
+            # generate() expands the inputs for beams / multiple return sequences afterwards.
+            rows = batch_size * max(
+                generation_config.num_beams or 1, generation_config.num_return_sequences or 1
+            )
+            model_kwargs["past_key_values"] = self.new_cache(rows, capacity)
 
     def forward(
         self,
@@ -155,6 +159,8 @@ class CausalLM(DecoderPreTrainedModel, GenerationMixin):
         b, n, _ = inputs_embeds.shape
         if cache is None and use_cache:
             cache = self.new_cache(b, n)
+        if cache is not None:
+            cache.check_step(b, n, inputs_embeds.dtype)
         if position_ids is None:
             start = torch.tensor(cache.lengths if cache is not None else [0] * b, device=inputs_embeds.device)
             position_ids = start[:, None] + torch.arange(n, device=inputs_embeds.device)

@@ -1,0 +1,103 @@
+"""Checkpoints that survive a kill at any moment, and load without unpickling anything.
+
+A checkpoint is a folder ``step-0000050/`` holding what ``save_pretrained`` writes (config +
+``model.safetensors``, loadable with ``AutoModelForCausalLM``), the tokenizer, the optimizer's
+tensors as safetensors with their layout in JSON, the torch RNG state, and
+``trainer_state.json`` (step, data position, ...). It is written under a temporary name and
+renamed into place, so a crash mid-write leaves only a ``.tmp-*`` folder that is ignored and
+the previous checkpoint untouched.
+"""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+PREFIX = "step-"
+
+
+def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """torch optimizer state_dict -> (tensors, JSON layout). Keys in ``state`` may be param
+    indices (plain optimizers) or parameter names (distributed state dicts)."""
+    tensors, layout = {}, {"param_groups": state["param_groups"], "state": {}}
+    for key, entries in state["state"].items():
+        layout["state"][str(key)] = {"key_is_int": isinstance(key, int), "values": {}}
+        for name, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{key}/{name}"] = value.detach().cpu().contiguous()
+                layout["state"][str(key)]["values"][name] = "tensor"
+            else:
+                layout["state"][str(key)]["values"][name] = value
+    return tensors, layout
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], layout: dict) -> dict:
+    state = {}
+    for key, entry in layout["state"].items():
+        values = {
+            name: tensors[f"{key}/{name}"] if value == "tensor" else value
+            for name, value in entry["values"].items()
+        }
+        state[int(key) if entry["key_is_int"] else key] = values
+    return {"state": state, "param_groups": layout["param_groups"]}
+
+
+def save_checkpoint(
+    root: Path,
+    step: int,
+    model,
+    tokenizer,
+    model_state: dict,
+    optimizer_state: dict,
+    trainer_state: dict,
+    keep_last: int,
+) -> Path:
+    """Write checkpoint ``step`` under ``root`` atomically, then keep only the last ``keep_last``."""
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"{PREFIX}{step:07d}"
+    tmp = root / f".tmp-{PREFIX}{step:07d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, state_dict=model_state)
+    tokenizer.save_pretrained(tmp)
+    tensors, layout = _flatten_optimizer(optimizer_state)
+    save_file(tensors, str(tmp / "optimizer.safetensors"))
+    (tmp / "optimizer.json").write_text(json.dumps(layout))
+    save_file({"cpu": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
+    (tmp / "trainer_state.json").write_text(json.dumps(trainer_state))
+    for file in tmp.iterdir():  # make the bytes durable before the rename publishes them
+        with open(file, "rb") as f:
+            os.fsync(f.fileno())
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in list_checkpoints(root)[:-keep_last] if keep_last > 0 else []:
+        shutil.rmtree(old)
+    return final
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoints under ``root``, oldest first."""
+    if not root.is_dir():
+        return []
+    done = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX)]
+    return sorted(done, key=lambda p: int(p.name.removeprefix(PREFIX)))
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    found = list_checkpoints(root)
+    return found[-1] if found else None
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Everything a resumed run needs, read from safetensors and JSON only."""
+    layout = json.loads((path / "optimizer.json").read_text())
+    return dict(
+        model=load_file(str(path / "model.safetensors")),
+        optimizer=_unflatten_optimizer(load_file(str(path / "optimizer.safetensors")), layout),
+        rng=load_file(str(path / "rng.safetensors"))["cpu"],
+        trainer=json.loads((path / "trainer_state.json").read_text()),
+        config=json.loads((path / "config.json").read_text()),
+    )

@@ -1,0 +1,179 @@
+"""Training configuration: typed sections read from TOML, checked before anything runs.
+
+Every section is a dataclass; an unknown key or a value of the wrong type is an error naming
+``section.key``. ``--set section.key=value`` overrides a value (parsed as TOML, else a string).
+The ``[model]`` section takes any field of ``YocoConfig`` / ``TransformerConfig`` plus
+``architecture``.
+"""
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tomllib
+
+
+@dataclass
+class DataSource:
+    path: str  # a file, a folder, or "stdlib" for the embedded Python standard-library corpus
+    weight: float = 1.0
+
+
+@dataclass
+class DataConfig:
+    sources: list[DataSource] = field(default_factory=lambda: [DataSource("stdlib")])
+    seq_len: int = 256
+    val_fraction: float = 0.02
+    seed: int = 0
+
+
+@dataclass
+class TokenizerConfig:
+    path: str = "bytes"  # "bytes" or a folder written by `yoco tokenizer train`
+
+
+@dataclass
+class OptimizerConfig:
+    lr: float = 3e-3
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+
+
+@dataclass
+class ScheduleConfig:
+    warmup_steps: int = 20
+    decay: str = "cosine"  # "cosine" | "linear" | "constant"
+    min_lr_ratio: float = 0.1
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 200
+    batch_size: int = 16  # sequences per optimizer step, over all processes
+    grad_accum: int = 1
+    dtype: str = "auto"  # "auto": bfloat16 autocast where the hardware runs it natively
+    activation_checkpointing: bool = False
+    distributed: str = "ddp"  # under torchrun: "ddp" or "fsdp"
+    seed: int = 0
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 100
+    keep_last: int = 2
+
+
+@dataclass
+class EvalConfig:
+    every: int = 50
+    batches: int = 4
+
+
+@dataclass
+class LoggingConfig:
+    every: int = 1
+    tensorboard: bool = True
+
+
+@dataclass
+class RunConfig:
+    model: dict = field(default_factory=dict)
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _check_type(value, annotation, where: str):
+    origin = typing.get_origin(annotation)
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where} must be a list, got {type(value).__name__} {value!r}")
+        (item,) = typing.get_args(annotation)
+        return [_check_type(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(annotation):
+            try:
+                return _check_type(value, option, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where} has the wrong type: {value!r}")
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a table, got {value!r}")
+        return _build(annotation, value, where)
+    if annotation is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a table, got {value!r}")
+        return value
+    if annotation is type(None):
+        if value is not None:
+            raise ConfigError(f"{where} must be empty")
+        return value
+    if not isinstance(value, annotation) or (annotation is int and isinstance(value, bool)):
+        raise ConfigError(f"{where} must be {annotation.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _build(cls, values: dict, where: str):
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(
+            f"unknown key {where + '.' if where else ''}{unknown[0]}; known keys: {sorted(known)}"
+        )
+    kwargs = {k: _check_type(v, hints[k], f"{where + '.' if where else ''}{k}") for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def _parse_value(text: str):
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set takes section.key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        *sections, last = key.strip().split(".")
+        node = raw
+        for section in sections:
+            node = node.setdefault(section, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key}: {section} is not a section")
+        node[last] = _parse_value(value.strip())
+    return raw
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
+    raw = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            raw = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"{path} is not valid TOML: {error}") from error
+    raw = apply_overrides(raw, list(overrides))
+    return _build(RunConfig, raw, "")

@@ -1,0 +1,221 @@
+"""Training data: documents from files, a held-out split, packing, weighted mixing.
+
+* A *source* is a ``.txt`` file (one document), a ``.jsonl`` file (one document per line, in
+  its ``text`` field), a ``.parquet`` file (a ``text`` column), a folder of such files, or
+  ``"stdlib"``: the Python standard library's own sources, the embedded default corpus.
+* Each document has a stable id (``path`` or ``path:row``); hashing it puts the document in the
+  validation split or not, so the split is disjoint and the same on every run.
+* A :class:`PackedStream` reads a source's documents in a seeded order (reshuffled every
+  epoch), tokenises them as it goes and packs the tokens, with EOS between documents, into
+  sequences of exactly ``seq_len`` tokens.
+* A :class:`Mixture` draws each sequence from one stream, picked with probability proportional
+  to its weight by a seeded generator.
+
+Streams and mixtures save their position (``state_dict``) so a resumed run reads exactly the
+sequences an uninterrupted one would have.
+"""
+
+import functools
+import hashlib
+import json
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from yoco.data.stdlib import stdlib_dir, stdlib_source_files
+
+SUFFIXES = (".txt", ".jsonl", ".parquet")
+
+
+class DataError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class DocRef:
+    """Where to find one document: ``row`` is None for a whole ``.txt`` file."""
+
+    doc_id: str
+    path: Path
+    row: int | None = None
+
+    def text(self) -> str:
+        if self.row is None:
+            return self.path.read_text(encoding="utf-8", errors="replace")
+        return _rows(self.path)[self.row]
+
+
+@functools.lru_cache(maxsize=2)
+def _rows(path: Path) -> list[str]:
+    """The documents of a ``.jsonl`` or ``.parquet`` file (cached: a stream reads a file's
+    rows one after another)."""
+    if path.suffix == ".jsonl":
+        rows = []
+        with path.open(encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise DataError(f"{path}:{number} is not valid JSON: {error}") from error
+                if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+                    raise DataError(f"{path}:{number} has no string 'text' field")
+                rows.append(record["text"])
+        return rows
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    if "text" not in table.column_names:
+        raise DataError(f"{path} has no 'text' column (columns: {table.column_names})")
+    return [str(t) for t in table.column("text").to_pylist()]
+
+
+def list_documents(spec: str) -> list[DocRef]:
+    """All documents of one source, in a stable order. Raises DataError if it has none."""
+    if spec == "stdlib":
+        root = stdlib_dir()
+        return [DocRef(f"stdlib:{p.relative_to(root)}", p) for p in stdlib_source_files()]
+    path = Path(spec)
+    if not path.exists():
+        raise DataError(f"data source {spec} does not exist")
+    files = sorted(p for p in path.rglob("*") if p.suffix in SUFFIXES) if path.is_dir() else [path]
+    if path.is_file() and path.suffix not in SUFFIXES:
+        raise DataError(f"data source {spec}: unsupported file type (use {', '.join(SUFFIXES)})")
+    docs = []
+    for file in files:
+        if file.suffix == ".txt":
+            if file.stat().st_size:
+                docs.append(DocRef(str(file), file))
+        else:
+            docs.extend(DocRef(f"{file}:{i}", file, i) for i in range(len(_rows(file))))
+    if not docs:
+        raise DataError(f"data source {spec} has no documents")
+    return docs
+
+
+def in_validation(doc_id: str, fraction: float) -> bool:
+    digest = hashlib.sha1(doc_id.encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+def split_documents(docs: list[DocRef], val_fraction: float) -> tuple[list[DocRef], list[DocRef]]:
+    train = [d for d in docs if not in_validation(d.doc_id, val_fraction)]
+    val = [d for d in docs if in_validation(d.doc_id, val_fraction)]
+    return train, val
+
+
+class PackedStream:
+    """Fixed-length token sequences from a list of documents, EOS after each document."""
+
+    def __init__(
+        self,
+        docs: list[DocRef],
+        tokenize: Callable[[str], list[int]],
+        eos_id: int,
+        seq_len: int,
+        seed: int,
+        shuffle=True,
+    ):
+        if not docs:
+            raise DataError("no documents to stream")
+        self.docs, self.tokenize, self.eos_id = docs, tokenize, eos_id
+        self.seq_len, self.seed, self.shuffle = seq_len, seed, shuffle
+        self.epoch, self.doc_pos, self.tok_offset = 0, 0, 0
+        self._order_epoch, self._order = None, None
+        self._tokens_key, self._tokens = None, None
+
+    def _order_for(self, epoch: int) -> list[int]:
+        if self._order_epoch != epoch:
+            order = list(range(len(self.docs)))
+            if self.shuffle:
+                random.Random(f"{self.seed}:{epoch}").shuffle(order)
+            self._order_epoch, self._order = epoch, order
+        return self._order
+
+    def _current_tokens(self) -> list[int]:
+        key = (self.epoch, self.doc_pos)
+        if self._tokens_key != key:
+            doc = self.docs[self._order_for(self.epoch)[self.doc_pos]]
+            self._tokens_key, self._tokens = key, self.tokenize(doc.text()) + [self.eos_id]
+        return self._tokens
+
+    def next_sequence(self) -> list[int]:
+        out = []
+        while len(out) < self.seq_len:
+            tokens = self._current_tokens()
+            take = tokens[self.tok_offset : self.tok_offset + self.seq_len - len(out)]
+            out.extend(take)
+            self.tok_offset += len(take)
+            if self.tok_offset >= len(tokens):
+                self.doc_pos, self.tok_offset = self.doc_pos + 1, 0
+                if self.doc_pos == len(self.docs):
+                    self.epoch, self.doc_pos = self.epoch + 1, 0
+        return out
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "doc_pos": self.doc_pos, "tok_offset": self.tok_offset}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.doc_pos, self.tok_offset = state["epoch"], state["doc_pos"], state["tok_offset"]
+
+
+class Mixture:
+    """Sequences drawn from several streams in proportion to their weights."""
+
+    def __init__(self, streams: list[PackedStream], weights: list[float], seed: int):
+        if any(w <= 0 for w in weights):
+            raise DataError(f"source weights must be > 0, got {weights}")
+        self.streams, self.weights = streams, weights
+        self.rng = random.Random(seed)
+        self.drawn = [0] * len(streams)
+
+    def next_batch(self, batch_size: int) -> torch.Tensor:
+        rows = []
+        for _ in range(batch_size):
+            (index,) = self.rng.choices(range(len(self.streams)), weights=self.weights)
+            self.drawn[index] += 1
+            rows.append(self.streams[index].next_sequence())
+        return torch.tensor(rows, dtype=torch.long)
+
+    def state_dict(self) -> dict:
+        version, internal, gauss = self.rng.getstate()
+        return {
+            "rng": [version, list(internal), gauss],
+            "drawn": list(self.drawn),
+            "streams": [s.state_dict() for s in self.streams],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        version, internal, gauss = state["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
+        self.drawn = list(state["drawn"])
+        for stream, s in zip(self.streams, state["streams"], strict=True):
+            stream.load_state_dict(s)
+
+
+def build_data(data_config, tokenizer) -> tuple[Mixture, PackedStream | None]:
+    """The training mixture and the validation stream (documents of every source whose id
+    hashes into the held-out fraction; None if there are none)."""
+
+    def tokenize(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    eos = tokenizer.eos_token_id
+    train_streams, val_docs = [], []
+    for i, source in enumerate(data_config.sources):
+        train, val = split_documents(list_documents(source.path), data_config.val_fraction)
+        if not train:
+            raise DataError(f"data source {source.path}: every document fell in the validation split")
+        train_streams.append(
+            PackedStream(train, tokenize, eos, data_config.seq_len, seed=data_config.seed * 1000 + i)
+        )
+        val_docs.extend(val)
+    mixture = Mixture(train_streams, [s.weight for s in data_config.sources], seed=data_config.seed)
+    val_stream = (
+        PackedStream(val_docs, tokenize, eos, data_config.seq_len, 0, shuffle=False) if val_docs else None
+    )
+    return mixture, val_stream
