@@ -5,6 +5,8 @@ import sys
 COMMANDS = {
     "demo": ("yoco.demo", "compare YOCO and a Transformer of the same shape"),
     "generate": ("yoco.generate_cli", "stream a completion from a model"),
+    "train": ("yoco.train.cli", "train a model from a TOML recipe"),
+    "plot": ("yoco.train.plot", "draw the loss curve of a training run"),
     "bench": ("yoco.bench.profile", "profile prefill, memory and decode against a Transformer and HF Llama"),
 }
 

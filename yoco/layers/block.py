@@ -2,6 +2,7 @@
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from yoco.layers.mlp import SwiGLU
 from yoco.layers.norm import RMSNorm
@@ -29,11 +30,19 @@ class DecoderLayer(nn.Module):
         self.add_module(mixer_name, mixer)
         self.post_attention_layernorm = RMSNorm(hidden_size, eps=eps)
         self.mlp = SwiGLU(hidden_size, intermediate_size)
+        # Set by the trainer: recompute this block's activations in the backward pass
+        # instead of storing them.
+        self.checkpoint_activations = False
 
     @property
     def token_mixer(self) -> nn.Module:
         return getattr(self, self.mixer_name)
 
     def forward(self, x: torch.Tensor, **mixer_kwargs) -> torch.Tensor:
+        if self.checkpoint_activations and self.training and torch.is_grad_enabled():
+            return checkpoint(self._forward, x, use_reentrant=False, **mixer_kwargs)
+        return self._forward(x, **mixer_kwargs)
+
+    def _forward(self, x: torch.Tensor, **mixer_kwargs) -> torch.Tensor:
         x = x + self.token_mixer(self.input_layernorm(x), **mixer_kwargs)
         return x + self.mlp(self.post_attention_layernorm(x))

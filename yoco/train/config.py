@@ -7,12 +7,11 @@ The ``[model]`` section takes any field of ``YocoConfig`` / ``TransformerConfig`
 """
 
 import dataclasses
+import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import tomllib
 
 
 @dataclass

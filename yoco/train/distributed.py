@@ -69,6 +69,11 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") and not hasattr(model, "config") else model
 
 
+def barrier(d: Dist) -> None:
+    if d.enabled:
+        dist.barrier()
+
+
 def mean_across(value: torch.Tensor, d: Dist) -> torch.Tensor:
     if d.enabled:
         value = value.clone()

@@ -1,0 +1,111 @@
+"""Data pipeline: document listing, split, packing, mixing, resumable position."""
+
+import collections
+
+import pytest
+
+from yoco.tokenizer import EOS_ID, byte_tokenizer, encode_bytes
+from yoco.train.data import DataError, Mixture, PackedStream, list_documents, split_documents
+
+
+def docs_of(tmp_path, texts):
+    for i, text in enumerate(texts):
+        (tmp_path / f"{i:03d}.txt").write_text(text)
+    return list_documents(str(tmp_path))
+
+
+def test_packing_fills_fixed_lengths_with_eos_between_documents(tmp_path):
+    docs = docs_of(tmp_path, ["aaaa", "bb", "cccccc"])
+    stream = PackedStream(docs, encode_bytes, EOS_ID, seq_len=5, seed=0, shuffle=False)
+    flat = [t for _ in range(3) for t in stream.next_sequence()]
+    expected = (
+        encode_bytes("aaaa") + [EOS_ID] + encode_bytes("bb") + [EOS_ID] + encode_bytes("cccccc") + [EOS_ID]
+    )
+    assert flat == expected  # 15 tokens = exactly three sequences of 5
+    assert stream.next_sequence() == expected[:5]  # the next epoch starts over
+
+
+def test_shuffle_is_seeded_and_reshuffles_each_epoch(tmp_path):
+    docs = docs_of(tmp_path, [chr(ord("a") + i) * 3 for i in range(12)])
+
+    def epochs(seed):
+        stream = PackedStream(docs, encode_bytes, EOS_ID, seq_len=4, seed=seed)
+        return [tuple(stream.next_sequence()) for _ in range(24)]
+
+    assert epochs(1) == epochs(1) and epochs(1) != epochs(2)
+    one = epochs(1)
+    assert one[:12] != one[12:], "each epoch gets its own order"
+
+
+def test_stream_position_resumes_exactly(tmp_path):
+    docs = docs_of(tmp_path, ["x" * n for n in range(1, 30)])
+    a = PackedStream(docs, encode_bytes, EOS_ID, seq_len=7, seed=3)
+    for _ in range(11):
+        a.next_sequence()
+    b = PackedStream(docs, encode_bytes, EOS_ID, seq_len=7, seed=3)
+    b.load_state_dict(a.state_dict())
+    assert [a.next_sequence() for _ in range(20)] == [b.next_sequence() for _ in range(20)]
+
+
+def test_mixing_follows_the_weights_and_resumes(tmp_path):
+    docs = docs_of(tmp_path, ["p" * 50, "q" * 50])
+    streams = [PackedStream(docs, encode_bytes, EOS_ID, 8, seed=i) for i in range(3)]
+    mixture = Mixture(streams, [1.0, 2.0, 5.0], seed=0)
+    mixture.next_batch(4000)
+    shares = [n / 4000 for n in mixture.drawn]
+    assert shares == pytest.approx([1 / 8, 2 / 8, 5 / 8], abs=0.03)
+    state = mixture.state_dict()
+    again = Mixture(
+        [PackedStream(docs, encode_bytes, EOS_ID, 8, seed=i) for i in range(3)], [1.0, 2.0, 5.0], seed=0
+    )
+    again.load_state_dict(state)
+    assert (mixture.next_batch(16) == again.next_batch(16)).all()
+
+
+def test_validation_split_is_disjoint_deterministic_and_near_its_fraction(tmp_path):
+    docs = docs_of(tmp_path, [f"doc {i}" for i in range(400)])
+    train, val = split_documents(docs, 0.1)
+    assert not {d.doc_id for d in train} & {d.doc_id for d in val}
+    assert len(train) + len(val) == 400 and 20 <= len(val) <= 60
+    assert split_documents(docs, 0.1) == (train, val)
+
+
+def test_jsonl_and_stdlib_sources(tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_text('{"text": "hello"}\n\n{"text": "world"}\n')
+    docs = list_documents(str(path))
+    assert [d.text() for d in docs] == ["hello", "world"]
+    stdlib = list_documents("stdlib")
+    assert len(stdlib) > 100 and any(d.doc_id.endswith("os.py") for d in stdlib)
+    tokens = byte_tokenizer()(stdlib[0].text())["input_ids"]
+    assert tokens and max(tokens) < 256
+
+
+def test_parquet_source(tmp_path):
+    pa = pytest.importorskip("pyarrow", reason="parquet support needs pyarrow")
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": ["one", "two", "three"]}), tmp_path / "t.parquet")
+    assert [d.text() for d in list_documents(str(tmp_path / "t.parquet"))] == ["one", "two", "three"]
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: str(p / "missing"), "does not exist"),
+        (lambda p: (p / "empty").mkdir() or str(p / "empty"), "no documents"),
+        (lambda p: (p / "x.csv").write_text("a") and str(p / "x.csv"), "unsupported"),
+        (lambda p: (p / "bad.jsonl").write_text('{"txt": 1}\n') and str(p / "bad.jsonl"), "no string 'text'"),
+    ],
+)
+def test_bad_sources_fail_with_a_message(tmp_path, make, message):
+    with pytest.raises(DataError, match=message):
+        list_documents(make(tmp_path))
+
+
+def test_every_source_document_is_read_once_per_epoch(tmp_path):
+    docs = docs_of(tmp_path, [f"<{i}>" for i in range(9)])
+    stream = PackedStream(docs, encode_bytes, EOS_ID, seq_len=4, seed=5)
+    text = bytes(t for _ in range(9) for t in stream.next_sequence() if t < 256).decode()
+    counts = collections.Counter(text.replace(">", "> ").split())
+    assert all(counts[f"<{i}>"] >= 1 for i in range(9))

@@ -1,0 +1,166 @@
+"""Training: loss falls, exact resume, atomic checkpoints, clear errors, torchrun parity."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from tests.train.conftest import tiny_config
+from yoco.train import checkpoint as ckpt
+from yoco.train.config import ConfigError
+from yoco.train.loop import TrainingDiverged, train
+
+
+def losses_of(run_dir):
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return {r["step"]: r["loss"] for r in map(json.loads, lines)}
+
+
+def test_loss_falls_and_the_checkpoint_loads_with_auto_classes(corpus, tmp_path):
+    summary = train(tiny_config(corpus, **{"train.max_steps": 30}), tmp_path / "run", show_progress=False)
+    losses = summary["losses"]
+    assert sum(list(losses.values())[-5:]) / 5 < 0.7 * sum(list(losses.values())[:5]) / 5
+    final = ckpt.latest_checkpoint(tmp_path / "run" / "checkpoints")
+    assert final.name == "step-0000030" and (tmp_path / "run" / "loss.png").exists()
+    model = AutoModelForCausalLM.from_pretrained(final)
+    tokenizer = AutoTokenizer.from_pretrained(final)
+    ids = torch.tensor([tokenizer("def f(x):")["input_ids"]])
+    assert model(ids).logits.shape[-1] == model.config.vocab_size
+    assert summary["val_loss"] is not None
+
+
+def test_stop_and_resume_reproduces_the_uninterrupted_losses(corpus, tmp_path):
+    config = tiny_config(corpus)
+    straight = train(config, tmp_path / "straight", show_progress=False)["losses"]
+    train(config, tmp_path / "split", stop_at=6, show_progress=False)
+    assert ckpt.latest_checkpoint(tmp_path / "split" / "checkpoints").name == "step-0000006"
+    resumed = train(config, tmp_path / "split", resume=True, show_progress=False)["losses"]
+    assert sorted(resumed) == list(range(7, 13))
+    assert {s: straight[s] for s in resumed} == resumed  # identical, not merely close
+    assert losses_of(tmp_path / "split") == straight
+
+
+def test_a_crash_mid_write_leaves_the_last_checkpoint_intact(corpus, tmp_path, monkeypatch):
+    config = tiny_config(corpus)
+    run = tmp_path / "run"
+    train(config, run, stop_at=5, show_progress=False)
+    good = ckpt.latest_checkpoint(run / "checkpoints")
+    real_save = ckpt.save_file
+
+    def crash_on_optimizer(tensors, path, *args, **kwargs):
+        if path.endswith("optimizer.safetensors"):
+            with open(path, "wb") as f:
+                f.write(b"half a file")
+            raise KeyboardInterrupt("killed mid-write")
+        return real_save(tensors, path, *args, **kwargs)
+
+    monkeypatch.setattr(ckpt, "save_file", crash_on_optimizer)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, run, resume=True, stop_at=10, show_progress=False)
+    assert ckpt.latest_checkpoint(run / "checkpoints") == good
+    assert any(p.name.startswith(".tmp-") for p in (run / "checkpoints").iterdir())
+    monkeypatch.setattr(ckpt, "save_file", real_save)
+    assert ckpt.load_checkpoint(good)["trainer"]["step"] == 5
+    assert sorted(train(config, run, resume=True, show_progress=False)["losses"]) == list(range(6, 13))
+
+
+def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(corpus, tmp_path):
+    config = tiny_config(corpus, **{"optimizer.lr": 1e8, "optimizer.grad_clip": 1e30, "checkpoint.every": 1})
+    with pytest.raises(TrainingDiverged, match=r"at step (\d+)") as caught:
+        train(config, tmp_path / "run", show_progress=False)
+    bad_step = int(caught.value.args[0].split("at step ")[1].split(";")[0])
+    latest = ckpt.latest_checkpoint(tmp_path / "run" / "checkpoints")
+    assert latest.name == f"step-{bad_step - 1:07d}"
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"optimizer.lrr": 1}, "unknown key optimizer.lrr"),
+        ({"train.batch_size": '"big"'}, "train.batch_size must be int"),
+        ({"model.hidden": 3}, "unknown key model.hidden"),
+        ({"model.architecture": '"rnn"'}, "model.architecture"),
+        ({"train.batch_size": 3, "train.grad_accum": 2}, "multiple of"),
+        ({"data.sources": '[{path="/nonexistent/data"}]'}, "does not exist"),
+    ],
+)
+def test_bad_configs_fail_at_start_naming_the_problem(corpus, tmp_path, overrides, message):
+    with pytest.raises((ConfigError, ValueError), match=message):
+        train(tiny_config(corpus, **overrides), tmp_path / "run", show_progress=False)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_resuming_into_a_different_shape_fails(corpus, tmp_path):
+    train(tiny_config(corpus), tmp_path / "run", stop_at=5, show_progress=False)
+    other = tiny_config(corpus, **{"model.hidden_size": 64})
+    with pytest.raises(ConfigError, match="different model shape.*hidden_size"):
+        train(other, tmp_path / "run", resume=True, show_progress=False)
+
+
+def test_cli_reports_errors_without_a_traceback(tmp_path):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text("[optimizer]\nlr = 'fast'\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "yoco", "train", str(recipe), "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode != 0 and "optimizer.lr must be float" in done.stderr
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_process_torchrun_matches_one_process(corpus, tmp_path, strategy):
+    texts, lines = corpus
+    recipe = tmp_path / "tiny.toml"
+    config = tiny_config(corpus, **{"train.max_steps": 6, "train.distributed": f'"{strategy}"'})
+    recipe.write_text(_to_toml(config.to_dict()))
+    single = train(config, tmp_path / "one", show_progress=False)["losses"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "yoco",
+            "train",
+            str(recipe),
+            "--out",
+            str(tmp_path / "two"),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    two = losses_of(tmp_path / "two")
+    assert sorted(two) == sorted(single)
+    for step, loss in single.items():
+        assert two[step] == pytest.approx(loss, rel=1e-4, abs=1e-5), step
+
+
+def _to_toml(tree: dict) -> str:
+    def value(v):
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{" + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + "}"
+        return repr(v)
+
+    return "\n".join(
+        f"[{section}]\n" + "\n".join(f"{k} = {value(v)}" for k, v in body.items())
+        for section, body in tree.items()
+    )

@@ -1,0 +1,313 @@
+"""The training loop: one process, or many under ``torchrun`` (DDP / FSDP2).
+
+Every process draws the same global batch from the same seeded data mixture and trains on its
+own contiguous slice of it, so N processes with global batch B take exactly the steps one
+process would take with batch B (up to floating-point reduction order).
+"""
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+from huggingface_hub.errors import StrictDataclassError
+from tqdm import tqdm
+
+import yoco
+from yoco.layers.block import DecoderLayer
+from yoco.tokenizer import load_tokenizer
+from yoco.train import checkpoint as ckpt
+from yoco.train import distributed
+from yoco.train.config import ConfigError, RunConfig
+from yoco.train.data import build_data
+
+ARCHITECTURES = {
+    "yoco": (yoco.YocoConfig, yoco.YocoForCausalLM),
+    "transformer": (yoco.TransformerConfig, yoco.TransformerForCausalLM),
+}
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+def build_model(model_fields: dict, vocab_size: int):
+    fields = dict(model_fields)
+    architecture = fields.pop("architecture", "yoco")
+    if architecture not in ARCHITECTURES:
+        raise ConfigError(f"model.architecture must be one of {sorted(ARCHITECTURES)}, got {architecture!r}")
+    config_class, model_class = ARCHITECTURES[architecture]
+    known = {f.name for f in dataclasses.fields(config_class)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ConfigError(f"unknown key model.{unknown[0]} for architecture {architecture!r}")
+    fields.setdefault("vocab_size", vocab_size)
+    if fields["vocab_size"] < vocab_size:
+        raise ConfigError(
+            f"model.vocab_size {fields['vocab_size']} is smaller than the tokenizer's {vocab_size}"
+        )
+    try:
+        config = config_class(**fields)
+    except StrictDataclassError as error:
+        raise ConfigError(f"model: {error}") from error
+    return model_class(config)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """True where matrix products run natively in bfloat16 (AMX / AVX512-BF16 CPUs, recent GPUs)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def lr_at(step: int, cfg: RunConfig) -> float:
+    """Linear warm-up to ``lr``, then cosine or linear decay to ``min_lr_ratio * lr``."""
+    peak, schedule, total = cfg.optimizer.lr, cfg.schedule, cfg.train.max_steps
+    if step <= schedule.warmup_steps:
+        return peak * step / max(1, schedule.warmup_steps)
+    if schedule.decay == "constant":
+        return peak
+    progress = min(1.0, (step - schedule.warmup_steps) / max(1, total - schedule.warmup_steps))
+    shape = 0.5 * (1 + math.cos(math.pi * progress)) if schedule.decay == "cosine" else 1 - progress
+    return peak * (schedule.min_lr_ratio + (1 - schedule.min_lr_ratio) * shape)
+
+
+def param_groups(model, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices only (not on norms' scales)."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def check_resume_shape(saved: dict, model) -> None:
+    current = model.config.to_dict()
+    differing = [
+        k
+        for k in (
+            "model_type",
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "self_decoder",
+            "num_self_decoder_layers",
+        )
+        if saved.get(k) != current.get(k)
+    ]
+    if differing:
+        details = ", ".join(
+            f"{k}: checkpoint {saved.get(k)!r} vs config {current.get(k)!r}" for k in differing
+        )
+        raise ConfigError(f"checkpoint is from a different model shape ({details})")
+
+
+class MetricsLog:
+    """metrics.jsonl (one JSON object per line) and, if installed, TensorBoard."""
+
+    def __init__(self, out: Path, tensorboard: bool):
+        self.path = out / "metrics.jsonl"
+        self.writer = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(out / "tensorboard"))
+            except ImportError:
+                pass
+
+    def write(self, record: dict) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, int | float):
+                    self.writer.add_scalar(key, value, record["step"])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def train(
+    cfg: RunConfig, out: Path, resume: bool = False, stop_at: int | None = None, show_progress: bool = True
+) -> dict:
+    """Train as configured, writing checkpoints and logs under ``out``; returns a summary.
+
+    ``stop_at`` ends this invocation early (with a checkpoint) without changing the learning-
+    rate schedule, which spans ``train.max_steps``: a run stopped at step 30 and resumed
+    continues exactly as if it had never stopped.
+    """
+    d = distributed.setup()
+    try:
+        return _train(cfg, Path(out), resume, stop_at, show_progress, d)
+    finally:
+        distributed.teardown()
+
+
+def _train(cfg: RunConfig, out: Path, resume: bool, stop_at: int | None, show_progress: bool, d) -> dict:
+    t = cfg.train
+    last_step = min(t.max_steps, stop_at) if stop_at is not None else t.max_steps
+    per_rank, rest = divmod(t.batch_size, d.world_size * t.grad_accum)
+    if rest or per_rank == 0:
+        raise ConfigError(
+            f"train.batch_size {t.batch_size} must be a multiple of processes x grad_accum = {d.world_size * t.grad_accum}"
+        )
+    if cfg.schedule.decay not in ("cosine", "linear", "constant"):
+        raise ConfigError(f"schedule.decay must be cosine, linear or constant, got {cfg.schedule.decay!r}")
+    if t.dtype not in ("auto", "bfloat16", "float32"):
+        raise ConfigError(f"train.dtype must be auto, bfloat16 or float32, got {t.dtype!r}")
+    torch.manual_seed(t.seed)
+    tokenizer = load_tokenizer(cfg.tokenizer.path)
+    model = build_model(cfg.model, len(tokenizer))
+    mixture, val_stream = build_data(cfg.data, tokenizer)
+    val_batches = []
+    if val_stream is not None and cfg.eval.batches > 0:
+        # Fixed held-out batches; each process evaluates its own slice of each.
+        val_batches = [
+            torch.tensor([val_stream.next_sequence() for _ in range(t.batch_size)])[
+                d.rank * (t.batch_size // d.world_size) : (d.rank + 1) * (t.batch_size // d.world_size)
+            ]
+            for _ in range(cfg.eval.batches)
+        ]
+    root = out / "checkpoints"
+    start_step, state = 0, None
+    if resume:
+        latest = ckpt.latest_checkpoint(root)
+        if latest is None:
+            raise ConfigError(f"--resume: no checkpoint under {root}")
+        state = ckpt.load_checkpoint(latest)
+        check_resume_shape(state["config"], model)
+        missing, unexpected = model.load_state_dict(state["model"], strict=False)
+        tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
+        if unexpected or set(missing) - tied:
+            raise ConfigError(
+                f"checkpoint {latest} does not match the model: missing {missing}, unexpected {unexpected}"
+            )
+        start_step = state["trainer"]["step"]
+        mixture.load_state_dict(state["trainer"]["data"])
+
+    model.to(d.device)
+    if t.activation_checkpointing:
+        for module in model.modules():
+            if isinstance(module, DecoderLayer):
+                module.checkpoint_activations = True
+    wrapped = distributed.wrap(model, t.distributed, d)
+    optimizer = torch.optim.AdamW(
+        param_groups(wrapped, cfg.optimizer.weight_decay),
+        lr=cfg.optimizer.lr,
+        betas=tuple(cfg.optimizer.betas),
+    )
+    if state is not None:
+        distributed.load_optimizer_state(wrapped, optimizer, state["optimizer"], d)
+        torch.set_rng_state(state["rng"])
+    use_bf16 = t.dtype == "bfloat16" or (t.dtype == "auto" and native_bf16(d.device))
+
+    out.mkdir(parents=True, exist_ok=True)
+    log = MetricsLog(out, cfg.logging.tensorboard) if d.is_main else None
+    if d.is_main:
+        (out / "run_config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+    tokens_per_step = t.batch_size * cfg.data.seq_len
+    bar = tqdm(
+        total=last_step,
+        initial=start_step,
+        desc="train",
+        unit="step",
+        disable=not (show_progress and d.is_main),
+    )
+    losses = {}
+    last_val = None
+
+    def forward_loss(ids):
+        with torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            return wrapped(input_ids=ids, labels=ids).loss
+
+    def save(step):
+        model_state, optim_state = distributed.full_state_dicts(wrapped, optimizer, d)
+        if d.is_main:
+            trainer_state = {"step": step, "data": mixture.state_dict(), "tokens": step * tokens_per_step}
+            ckpt.save_checkpoint(
+                root,
+                step,
+                model,
+                tokenizer,
+                model_state,
+                optim_state,
+                trainer_state,
+                cfg.checkpoint.keep_last,
+            )
+
+    for step in range(start_step + 1, last_step + 1):
+        step_start = time.perf_counter()
+        wrapped.train()
+        lr = lr_at(step, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batch = mixture.next_batch(t.batch_size)
+        local = batch[d.rank * per_rank * t.grad_accum : (d.rank + 1) * per_rank * t.grad_accum].to(d.device)
+        total = torch.zeros((), device=d.device)
+        for micro in range(t.grad_accum):
+            ids = local[micro * per_rank : (micro + 1) * per_rank]
+            loss = forward_loss(ids) / t.grad_accum
+            loss.backward()
+            total += loss.detach()
+        step_loss = float(distributed.mean_across(total, d))
+        if not math.isfinite(step_loss):
+            bar.close()
+            raise TrainingDiverged(
+                f"loss is {step_loss} at step {step}; stopped without saving, the last good checkpoint is kept"
+            )
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(wrapped.parameters(), cfg.optimizer.grad_clip))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses[step] = step_loss
+
+        elapsed = time.perf_counter() - step_start
+        record = {
+            "step": step,
+            "loss": step_loss,
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "tokens_per_s": tokens_per_step / elapsed,
+            "tokens": step * tokens_per_step,
+        }
+        if val_batches and (step % cfg.eval.every == 0 or step == last_step):
+            last_val = evaluate(wrapped, val_batches, forward_loss, d)
+            record["val_loss"] = last_val
+        if log is not None and (step % cfg.logging.every == 0 or "val_loss" in record):
+            log.write(record)
+        bar.set_postfix(
+            loss=f"{step_loss:.3f}",
+            val=f"{last_val:.3f}" if last_val else "-",
+            tok_s=f"{record['tokens_per_s']:.0f}",
+        )
+        bar.update()
+        if step % cfg.checkpoint.every == 0 or step == last_step:
+            save(step)
+    bar.close()
+    if log is not None:
+        log.close()
+        from yoco.train.plot import plot_run
+
+        plot_run(out)
+    return {
+        "losses": losses,
+        "val_loss": last_val,
+        "out": str(out),
+        "final_checkpoint": str(ckpt.latest_checkpoint(root)),
+        "is_main": d.is_main,
+    }
+
+
+@torch.no_grad()
+def evaluate(model, batches, forward_loss, d) -> float:
+    model.eval()
+    losses = [forward_loss(ids.to(d.device)) for ids in batches]
+    return float(distributed.mean_across(torch.stack(losses).mean(), d))
