@@ -125,9 +125,23 @@ def parameter_count(shape: Shape, system: str) -> int:
     )
 
 
-def decode_bytes(system: str, shape: Shape, n: int, bytes_per_element: int) -> int:
-    """Bytes one decode step at context ``n`` must read: weights plus the whole cache.
-    Decoding is memory-bound, so this bounds its speed."""
-    return parameter_count(shape, system) * bytes_per_element + cache_bytes(
-        system, shape, n, bytes_per_element
-    )
+def cache_read_bytes(system: str, shape: Shape, n: int, bytes_per_element: int) -> int:
+    """Cache bytes one decode step reads for one sequence at context ``n``.
+
+    Every attention layer reads the K/V it attends to. In YOCO that is the one global K/V, but
+    it is read once per *cross-decoder* layer (each layer's query depends on the previous
+    layer's output), so YOCO reads L/2 copies' worth per step while storing one: the cache is
+    ~L times smaller, the per-step cache traffic only ~2 times.
+    """
+    kv_per_token = 2 * shape.kv_dim * bytes_per_element
+    if system in ("transformer", "hf-llama"):
+        return shape.num_hidden_layers * kv_per_token * n
+    state = cache_bytes(system, shape, 0, bytes_per_element)  # constant self-decoder state
+    return state + shape.cross_layers * kv_per_token * n
+
+
+def decode_bytes(system: str, shape: Shape, n: int, bytes_per_element: int, batch: int = 1) -> int:
+    """Bytes one decode step must move at context ``n``: the weights once, plus each
+    sequence's cache reads. Decoding is memory-bound, so this bounds its speed."""
+    weights = parameter_count(shape, system) * bytes_per_element
+    return weights + batch * cache_read_bytes(system, shape, n, bytes_per_element)

@@ -101,6 +101,7 @@ def run(args) -> dict:
     systems = args.systems or list(SYSTEMS)
     repeats = args.repeats or (1 if args.quick else 3)
     new_tokens = args.new_tokens or (4 if args.quick else 64)
+    budget_tokens = args.budget_new_tokens or (4 if args.quick else 16)
     budget = int(args.budget_gib * 2**30)
     max_positions = max(lengths) + new_tokens
 
@@ -133,7 +134,15 @@ def run(args) -> dict:
                 bar.set_postfix_str(f"{dtype_name} {length} {system} decode")
                 cells.append(
                     decode_and_memory(
-                        runner, ids, logits, cache, times[system], new_tokens, budget, args.max_batch
+                        runner,
+                        ids,
+                        logits,
+                        cache,
+                        times[system],
+                        new_tokens,
+                        budget,
+                        args.max_batch,
+                        budget_tokens,
                     )
                     | dict(
                         system=system,
@@ -144,6 +153,9 @@ def run(args) -> dict:
                         theory_decode_bytes=decode_bytes(system, shape, length, dtype.itemsize),
                     )
                 )
+                cells[-1]["theory_budget_step_bytes"] = decode_bytes(
+                    system, shape, length, dtype.itemsize, batch=cells[-1]["budget_batch"]
+                )
                 del logits, cache
         del runners
     bar.close()
@@ -151,14 +163,14 @@ def run(args) -> dict:
         cell["achieved_flops"] = cell["flops"] / cell["prefill_s"]
         cell["peak_fraction"] = cell["achieved_flops"] / peaks[cell["dtype"]]
     return dict(
-        meta=machine_facts(args, shape, lengths, dtypes, systems, repeats, new_tokens),
+        meta=machine_facts(args, shape, lengths, dtypes, systems, repeats, new_tokens, budget_tokens),
         peaks=peaks,
         cells=cells,
     )
 
 
 def decode_and_memory(
-    runner: Runner, ids, logits, cache, prefill_times, new_tokens, budget, max_batch
+    runner: Runner, ids, logits, cache, prefill_times, new_tokens, budget, max_batch, budget_tokens
 ) -> dict:
     """Decode speed at batch 1 and at the largest batch whose cache fits ``budget``, plus the
     resident-memory growth of one prefill + decode at batch 1."""
@@ -177,7 +189,7 @@ def decode_and_memory(
     batch_logits = logits.expand(batch, -1)
     # A new batch shape: let the kernels settle on a throwaway copy first.
     runner.decode(batch_logits, runner.replicate(cache, batch), 2)
-    _, batch_seconds = timed(runner.decode, batch_logits, runner.replicate(cache, batch), new_tokens)
+    _, batch_seconds = timed(runner.decode, batch_logits, runner.replicate(cache, batch), budget_tokens)
     return dict(
         prefill_runs_s=prefill_times,
         prefill_s=statistics.median(prefill_times),
@@ -185,11 +197,11 @@ def decode_and_memory(
         rss_growth_bytes=rss.growth,
         decode_tokens_per_s=tokens_per_s,
         budget_batch=batch,
-        budget_tokens_per_s=batch * new_tokens / batch_seconds,
+        budget_tokens_per_s=batch * budget_tokens / batch_seconds,
     )
 
 
-def machine_facts(args, shape, lengths, dtypes, systems, repeats, new_tokens) -> dict:
+def machine_facts(args, shape, lengths, dtypes, systems, repeats, new_tokens, budget_tokens) -> dict:
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -209,6 +221,7 @@ def machine_facts(args, shape, lengths, dtypes, systems, repeats, new_tokens) ->
         systems=systems,
         repeats=repeats,
         new_tokens=new_tokens,
+        budget_new_tokens=budget_tokens,
         budget_gib=args.budget_gib,
         max_batch=args.max_batch,
     )
@@ -226,7 +239,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--budget-gib", type=float, default=4.0, help="cache memory budget for batched decode"
     )
-    parser.add_argument("--max-batch", type=int, default=64, help="cap on the batch within the budget")
+    parser.add_argument("--max-batch", type=int, default=256, help="cap on the batch within the budget")
+    parser.add_argument(
+        "--budget-new-tokens", type=int, help="decode steps timed at the budget batch (default 16)"
+    )
     parser.add_argument("--out", default="docs/bench", help="folder for JSON, Markdown and PNGs")
     parser.add_argument(
         "--benchmarks-md", help="also write the report into this Markdown file's profile section"

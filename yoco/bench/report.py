@@ -41,6 +41,9 @@ def ratio_rows(results, dtype: str, yoco: str, baseline: str) -> list[dict]:
                 decode=y["decode_tokens_per_s"] / b["decode_tokens_per_s"],
                 decode_theory=b["theory_decode_bytes"] / y["theory_decode_bytes"],
                 throughput=y["budget_tokens_per_s"] / b["budget_tokens_per_s"],
+                # memory-bound: tokens/s ~ batch / bytes moved per step
+                throughput_theory=(y["budget_batch"] / y["theory_budget_step_bytes"])
+                / (b["budget_batch"] / b["theory_budget_step_bytes"]),
             )
         )
     return rows
@@ -70,8 +73,10 @@ def markdown(results, image_dir: Path | None = None) -> str:
         f"({meta['torch_threads']} torch threads), torch {meta['torch']}.  ",
         f"Shape: {meta['shape']}.  ",
         f"Prefill: median of {meta['repeats']} runs after a warm-up, logits for the last position only. "
-        f"Decode: {meta['new_tokens']} greedy tokens. Budget batch: the largest batch (at most "
-        f"{meta['max_batch']}) whose caches fit {meta['budget_gib']} GiB.  ",
+        f"Decode: {meta['new_tokens']} greedy tokens at batch 1; {meta['budget_new_tokens']} at the budget batch, "
+        f"the largest (at most {meta['max_batch']}) whose caches fit {meta['budget_gib']} GiB. Theoretical decode "
+        "ratios count the bytes a step moves (weights + every cache read; YOCO's one K/V is read by each "
+        "cross-decoder layer).  ",
         "Measured matrix-multiply peak: "
         + ", ".join(f"{d} {p / 1e9:.0f} GFLOP/s" for d, p in peaks.items())
         + ".",
@@ -133,7 +138,7 @@ def markdown(results, image_dir: Path | None = None) -> str:
                         f"{r['prefill']:.2f}x / {r['prefill_theory']:.2f}x",
                         f"{r['cache']:.2f}x / {r['cache_theory']:.2f}x",
                         f"{r['decode']:.2f}x / {r['decode_theory']:.2f}x",
-                        f"{r['throughput']:.2f}x",
+                        f"{r['throughput']:.2f}x / {r['throughput_theory']:.2f}x",
                     ]
                     for r in ratios
                 ]
@@ -230,7 +235,8 @@ def summary(results) -> str:
                     lines.append(
                         f"{dtype:<9} {_k(r['length']):>4} {LABELS[yoco]} vs {LABELS[baseline]}: prefill "
                         f"{r['prefill']:.2f}x (theory {r['prefill_theory']:.2f}x), cache {r['cache']:.2f}x, "
-                        f"decode {r['decode']:.2f}x, budget throughput {r['throughput']:.2f}x"
+                        f"decode {r['decode']:.2f}x (theory {r['decode_theory']:.2f}x), budget throughput "
+                        f"{r['throughput']:.2f}x (theory {r['throughput_theory']:.2f}x)"
                     )
     return "\n".join(lines)
 
