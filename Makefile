@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/yoco demo
+	$(BIN)/yoco quickstart
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -3,8 +3,8 @@
 * :class:`GrowingKV`: keys/values that grow with the sequence (the Transformer's per-layer
   cache, YOCO's single global cache). Storage is preallocated and grown in amortised blocks,
   so appending a token writes in place and never copies the whole cache.
-* :class:`WindowKV`: a ring buffer of the last ``W - 1`` keys/values for sliding-window layers
-  (the current token is the W-th), constant size.
+* :class:`WindowKV`: a ring buffer of the last ``W`` keys/values for sliding-window layers,
+  constant size.
 * :class:`RecurrentState`: the ``(H, d_k, d_v)`` gated-retention state, constant size, float32.
 
 :class:`YocoCache` holds one constant-size store per self-decoder layer plus **one**
@@ -109,45 +109,55 @@ class GrowingKV:
 
 
 class WindowKV:
-    """Ring buffer of the last ``window - 1`` keys/values: position p lives in slot p % (W-1)."""
+    """Ring buffer of the last ``window`` keys/values: position p lives in slot p % W.
+
+    W slots rather than W - 1: a one-token step writes its own key first and then attends to
+    the whole ring, so decoding never concatenates (copies) the window.
+    """
 
     def __init__(self, batch: int, kv_heads: int, head_dim: int, window: int, dtype, device):
         self.window = window
-        shape = (batch, kv_heads, window - 1, head_dim)
+        shape = (batch, kv_heads, window, head_dim)
         self.keys = torch.zeros(shape, dtype=dtype, device=device)
         self.values = torch.zeros(shape, dtype=dtype, device=device)
         self.lengths = [0] * batch  # tokens seen so far, per row
 
-    @property
-    def slots(self) -> int:
-        return self.window - 1
-
     def ordered_prefix(self) -> tuple[torch.Tensor, torch.Tensor] | tuple[None, None]:
-        """The last min(length, W-1) keys/values in position order; rows must share a length."""
+        """The last min(length, W-1) keys/values in position order, i.e. what the first of
+        several new tokens can see; rows must share a length."""
         if len(set(self.lengths)) != 1:
             raise ValueError("a multi-token step needs every row of the batch at the same length")
         length = self.lengths[0]
-        held = min(length, self.slots)
+        held = min(length, self.window - 1)
         if held == 0:
             return None, None
-        order = torch.arange(length - held, length, device=self.keys.device) % self.slots
+        order = torch.arange(length - held, length, device=self.keys.device) % self.window
         return self.keys[:, :, order], self.values[:, :, order]
 
-    def all_slots(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Every slot, unordered, with a mask of filled ones (for one-token steps)."""
-        filled = [min(n, self.slots) for n in self.lengths]
-        return self.keys, self.values, _key_mask(filled, self.slots, self.keys.device)
-
     def push(self, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Remember the last W-1 of the n new positions (B, H_kv, n, d)."""
+        """Remember the last W of the n new positions (B, H_kv, n, d)."""
         n = k.shape[2]
-        if self.slots:
-            keep = min(n, self.slots)
+        keep = min(n, self.window)
+        if len(set(self.lengths)) == 1:
+            end = self.lengths[0] + n
+            slots = torch.arange(end - keep, end, device=k.device) % self.window
+            self.keys[:, :, slots] = k[:, :, n - keep :]
+            self.values[:, :, slots] = v[:, :, n - keep :]
+        else:
             for row, length in enumerate(self.lengths):
-                slots = torch.arange(length + n - keep, length + n, device=k.device) % self.slots
+                slots = torch.arange(length + n - keep, length + n, device=k.device) % self.window
                 self.keys[row, :, slots] = k[row, :, n - keep :]
                 self.values[row, :, slots] = v[row, :, n - keep :]
         self.lengths = [length + n for length in self.lengths]
+
+    def append_one(
+        self, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """One new position per row (B, H_kv, 1, d): store it, then return the ring (unordered:
+        order does not matter to a single query) and a mask of its filled slots."""
+        self.push(k, v)
+        filled = [min(n, self.window) for n in self.lengths]
+        return self.keys, self.values, _key_mask(filled, self.window, self.keys.device)
 
     def select_rows(self, rows: torch.Tensor) -> None:
         self.keys, self.values = self.keys[rows], self.values[rows]

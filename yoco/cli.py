@@ -3,10 +3,12 @@
 import sys
 
 COMMANDS = {
-    "demo": ("yoco.demo", "compare YOCO and a Transformer of the same shape"),
+    "quickstart": ("yoco.quickstart", "train a tiny YOCO, generate with it, profile it (make demo)"),
+    "demo": ("yoco.demo", "compare untrained YOCO and Transformer models of the same shape"),
     "generate": ("yoco.generate_cli", "stream a completion from a model"),
     "train": ("yoco.train.cli", "train a model from a TOML recipe"),
     "plot": ("yoco.train.plot", "draw the loss curve of a training run"),
+    "tokenizer": ("yoco.tokenizer_cli", "train a BPE tokenizer: yoco tokenizer train ..."),
     "bench": ("yoco.bench.profile", "profile prefill, memory and decode against a Transformer and HF Llama"),
 }
 

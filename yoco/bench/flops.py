@@ -95,7 +95,7 @@ def cache_bytes(system: str, shape: Shape, n: int, bytes_per_element: int) -> in
     if system in ("transformer", "hf-llama"):
         return shape.num_hidden_layers * kv_per_token * n
     if system == "yoco-swa":
-        state = shape.self_layers * kv_per_token * (shape.sliding_window - 1)
+        state = shape.self_layers * kv_per_token * shape.sliding_window  # ring buffer of W
     elif system == "yoco-gret":
         state = shape.self_layers * shape.num_attention_heads * shape.head_dim**2 * 4
     else:

@@ -64,14 +64,10 @@ class SelfAttention(nn.Module):
         if cache is None:
             return sliding_window_attention(q, k, v, self.window)
         if q.shape[2] == 1:
-            # One query sees every remembered key plus itself; slot order does not matter.
-            ring_k, ring_v, filled = cache.all_slots()
-            keys, values = torch.cat([ring_k, k], dim=2), torch.cat([ring_v, v], dim=2)
-            if filled is not None:
-                filled = torch.cat([filled, filled.new_ones(*filled.shape[:3], 1)], dim=-1)
-            out = causal_attention(q, keys, values, filled)
-        else:
-            prefix_k, prefix_v = cache.ordered_prefix()
-            out = sliding_window_attention(q, k, v, self.window, prefix_k, prefix_v)
+            # One query: store its key in the ring, then attend to the whole ring.
+            keys, values, filled = cache.append_one(k, v)
+            return causal_attention(q, keys, values, filled)
+        prefix_k, prefix_v = cache.ordered_prefix()
+        out = sliding_window_attention(q, k, v, self.window, prefix_k, prefix_v)
         cache.push(k, v)
         return out

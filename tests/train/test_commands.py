@@ -1,0 +1,69 @@
+"""The training-side commands: quickstart, tokenizer training, plot, the LM-quality benchmark."""
+
+import json
+
+from yoco.bench.lm_quality import main as lm_quality
+from yoco.cli import main
+
+
+def test_quickstart_trains_generates_and_reports(tmp_path, capsys):
+    main(["quickstart", "--out", str(tmp_path / "qs"), "--max-steps", "4", "--no-bench"])
+    out = capsys.readouterr().out
+    assert "trained 4 steps" in out and "loss curve" in out and "def __init__(self" in out
+    assert (tmp_path / "qs" / "loss.png").exists()
+
+
+def test_tokenizer_train_command(tmp_path, capsys):
+    source = tmp_path / "code.txt"
+    source.write_text("def add(a, b):\n    return a + b\n" * 200)
+    main(
+        ["tokenizer", "train", "--out", str(tmp_path / "tok"), "--vocab-size", "300", "--source", str(source)]
+    )
+    assert "300-token BPE" in capsys.readouterr().out
+    assert (tmp_path / "tok" / "tokenizer.json").exists()
+
+
+def test_plot_command_redraws_the_curve(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(
+        "\n".join(
+            json.dumps({"step": s, "loss": 5 - s * 0.1, **({"val_loss": 5.0} if s == 3 else {})})
+            for s in range(1, 6)
+        )
+    )
+    main(["plot", str(run)])
+    assert (run / "loss.png").stat().st_size > 0
+
+
+def test_lm_quality_matches_parameters_and_reports(tmp_path):
+    doc = tmp_path / "BENCHMARKS.md"
+    results = lm_quality(
+        [
+            "--hidden-size",
+            "32",
+            "--layers",
+            "4",
+            "--heads",
+            "4",
+            "--intermediate-size",
+            "64",
+            "--window",
+            "8",
+            "--seq-len",
+            "32",
+            "--batch-size",
+            "4",
+            "--steps",
+            "3",
+            "--out",
+            str(tmp_path / "q"),
+            "--benchmarks-md",
+            str(doc),
+        ]
+    )
+    target = results["transformer"]["non_embedding_parameters"]
+    for system in ("yoco-swa", "yoco-gret"):
+        assert abs(results[system]["non_embedding_parameters"] - target) / target < 0.03
+        assert results[system]["val_loss"] > 0
+    assert "YOCO-gRet" in doc.read_text() and (tmp_path / "bench" / "lm_quality.png").exists()

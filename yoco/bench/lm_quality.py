@@ -1,0 +1,149 @@
+"""LM quality at equal size: YOCO-SWA, YOCO-gRet and a Transformer, same tokens, same recipe.
+
+The three models share hidden size, depth, heads and vocabulary; each YOCO's feed-forward
+width is chosen so that its non-embedding parameter count matches the Transformer's (YOCO's
+cross-decoder layers have no K/V projections of their own, gRet layers have a gate and a
+decay projection more). All three train for the same number of steps on the same sequences of
+the embedded corpus (the data order depends only on the seed), then report validation loss.
+"""
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+from yoco.bench.report import update_section
+from yoco.train.config import load_config
+from yoco.train.loop import build_model, train
+from yoco.train.plot import plot_run, read_metrics
+
+SYSTEMS = {
+    "transformer": {"architecture": "transformer"},
+    "yoco-swa": {"architecture": "yoco", "self_decoder": "swa"},
+    "yoco-gret": {"architecture": "yoco", "self_decoder": "gret"},
+}
+LABELS = {"transformer": "Transformer", "yoco-swa": "YOCO-SWA", "yoco-gret": "YOCO-gRet"}
+
+
+def non_embedding_parameters(model) -> int:
+    embeddings = model.model.embed_tokens.weight.numel() + model.lm_head.weight.numel()
+    return sum(p.numel() for p in model.parameters()) - embeddings
+
+
+def matched_intermediate(fields: dict, target: int, vocab: int) -> int:
+    """Feed-forward width (a multiple of 8) whose non-embedding count is closest to target;
+    the count is linear in the width, so two probes determine it."""
+    a = non_embedding_parameters(build_model({**fields, "intermediate_size": 8}, vocab))
+    b = non_embedding_parameters(build_model({**fields, "intermediate_size": 16}, vocab))
+    per_8 = b - a
+    return 8 * max(1, round((target - a) / per_8) + 1)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="benchmarks/lm_quality.py", description=__doc__)
+    parser.add_argument("--hidden-size", type=int, default=256)
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--heads", type=int, default=8)
+    parser.add_argument("--intermediate-size", type=int, default=688, help="the Transformer's")
+    parser.add_argument("--window", type=int, default=128, help="YOCO-SWA window")
+    parser.add_argument("--seq-len", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=list(SYSTEMS))
+    parser.add_argument("--out", default="runs/lm_quality")
+    parser.add_argument(
+        "--benchmarks-md", help="write the results into this Markdown file's lm_quality section"
+    )
+    args = parser.parse_args(argv)
+
+    shape = dict(
+        hidden_size=args.hidden_size,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        max_position_embeddings=args.seq_len,
+    )
+    vocab = 258
+    target = non_embedding_parameters(
+        build_model({**SYSTEMS["transformer"], **shape, "intermediate_size": args.intermediate_size}, vocab)
+    )
+    results, runs = {}, {}
+    for system in args.systems:
+        fields = {**SYSTEMS[system], **shape}
+        if system == "yoco-swa":
+            fields["sliding_window"] = args.window
+        if system == "transformer":
+            fields["intermediate_size"] = args.intermediate_size
+        else:
+            fields["intermediate_size"] = matched_intermediate(fields, target, vocab)
+        params = non_embedding_parameters(build_model(fields, vocab))
+        overrides = [f"model.{k}={json.dumps(v)}" for k, v in fields.items()] + [
+            f"data.seq_len={args.seq_len}",
+            f"train.batch_size={args.batch_size}",
+            f"train.max_steps={args.steps}",
+            f"optimizer.lr={args.lr}",
+            f"schedule.warmup_steps={max(1, args.steps // 20)}",
+            f"eval.every={max(1, args.steps // 10)}",
+            "eval.batches=8",
+            f"checkpoint.every={args.steps}",
+            "checkpoint.keep_last=1",
+        ]
+        out = Path(args.out) / system
+        print(
+            f"== {LABELS[system]}: intermediate {fields['intermediate_size']}, {params:,} non-embedding parameters"
+        )
+        start = time.perf_counter()
+        summary = train(load_config(None, overrides), out)
+        records = read_metrics(out)
+        results[system] = dict(
+            intermediate_size=fields["intermediate_size"],
+            non_embedding_parameters=params,
+            val_loss=summary["val_loss"],
+            train_loss_last=statistics.mean(list(summary["losses"].values())[-20:]),
+            tokens=records[-1]["tokens"],
+            tokens_per_s=statistics.median(r["tokens_per_s"] for r in records),
+            minutes=(time.perf_counter() - start) / 60,
+        )
+        runs[LABELS[system]] = out
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    plot_run(Path(args.out), runs=runs, out=Path(args.out) / "lm_quality.png")
+    (Path(args.out) / "lm_quality.json").write_text(json.dumps(results, indent=1))
+    markdown = report(results, args, argv)
+    print(markdown)
+    if args.benchmarks_md:
+        image = Path(args.benchmarks_md).parent / "bench" / "lm_quality.png"
+        image.parent.mkdir(parents=True, exist_ok=True)
+        image.write_bytes((Path(args.out) / "lm_quality.png").read_bytes())
+        update_section(
+            Path(args.benchmarks_md),
+            "lm_quality",
+            markdown + "\n\n![LM quality](bench/lm_quality.png)",
+            image,
+        )
+    return results
+
+
+def report(results: dict, args, argv) -> str:
+    baseline = results.get("transformer", {}).get("val_loss")
+    rows = []
+    for system, r in results.items():
+        relative = f"{(r['val_loss'] / baseline - 1) * 100:+.2f}%" if baseline else ""
+        rows.append(
+            f"| {LABELS[system]} | {r['non_embedding_parameters']:,} | {r['intermediate_size']} | {r['tokens']:,} | "
+            f"{r['val_loss']:.4f} | {relative} | {r['train_loss_last']:.4f} | {r['tokens_per_s']:.0f} | {r['minutes']:.1f} |"
+        )
+    command = "python benchmarks/lm_quality.py " + " ".join(argv or [])
+    return "\n".join(
+        [
+            f"Command: `{command.strip()}`  ",
+            f"Shape: hidden {args.hidden_size}, {args.layers} layers, {args.heads} heads, byte vocabulary, "
+            f"sequence {args.seq_len}, batch {args.batch_size}, {args.steps} steps, lr {args.lr}, SWA window "
+            f"{args.window}; bfloat16 autocast where native. Validation loss in nats per byte.",
+            "",
+            "| model | non-embedding params | FFN width | training tokens | val loss | vs Transformer "
+            "| train loss (last 20 steps) | tokens/s | minutes |",
+            "|---|---|---|---|---|---|---|---|---|",
+            *rows,
+        ]
+    )
