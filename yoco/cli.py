@@ -9,6 +9,7 @@ COMMANDS = {
     "train": ("yoco.train.cli", "train a model from a TOML recipe"),
     "plot": ("yoco.train.plot", "draw the loss curve of a training run"),
     "tokenizer": ("yoco.tokenizer_cli", "train a BPE tokenizer: yoco tokenizer train ..."),
+    "eval": ("yoco.eval.cli", "perplexity, needle in a haystack, MQAR recall"),
     "bench": ("yoco.bench.profile", "profile prefill, memory and decode against a Transformer and HF Llama"),
 }
 

@@ -82,7 +82,7 @@ def test_jsonl_and_stdlib_sources(tmp_path):
 
 
 def test_parquet_source(tmp_path):
-    pa = pytest.importorskip("pyarrow", reason="parquet support needs pyarrow")
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     pq.write_table(pa.table({"text": ["one", "two", "three"]}), tmp_path / "t.parquet")

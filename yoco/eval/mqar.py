@@ -12,6 +12,8 @@ the model should predict *at* position i (-100 where nothing is asked).
 
 import torch
 
+import yoco
+
 IGNORE = -100
 
 
@@ -55,3 +57,128 @@ def recall_accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
     """Share of query positions whose argmax is the right value."""
     asked = targets != IGNORE
     return float((logits.argmax(-1)[asked] == targets[asked]).float().mean())
+
+
+# ---------------------------------------------------------------------------------------------
+# Training small models from scratch on MQAR (`yoco eval mqar`, benchmarks/recall.py).
+
+MODELS = ("yoco-swa", "yoco-gret", "swa-only", "gret-only", "transformer")
+
+
+class MixerOnlyLM(torch.nn.Module):
+    """Embedding, ``layers`` blocks that all use one self-decoder mixer, norm, head: the
+    "every layer is the self-decoder mixer" baseline (SWA-only or gRet-only)."""
+
+    def __init__(self, mixer: str, vocab_size: int, hidden: int, layers: int, heads: int, window: int):
+        super().__init__()
+        from yoco.layers.attention import SelfAttention
+        from yoco.layers.block import DecoderLayer
+        from yoco.layers.gated_retention import GatedRetention
+        from yoco.layers.norm import RMSNorm
+        from yoco.layers.rotary import RotaryEmbedding
+
+        def make():
+            if mixer == "swa":
+                return SelfAttention(hidden, heads, heads, window=window)
+            return GatedRetention(hidden, heads)
+
+        self.embed_tokens = torch.nn.Embedding(vocab_size, hidden)
+        self.rotary = RotaryEmbedding(hidden // heads)
+        self.layers = torch.nn.ModuleList(
+            DecoderLayer(make(), hidden, 4 * hidden, 1e-6) for _ in range(layers)
+        )
+        self.norm = RMSNorm(hidden)
+        self.lm_head = torch.nn.Linear(hidden, vocab_size, bias=False)
+        for module in self.modules():
+            if isinstance(module, torch.nn.Linear | torch.nn.Embedding):
+                torch.nn.init.normal_(module.weight, std=0.02)
+
+    def forward(self, input_ids):
+        x = self.embed_tokens(input_ids)
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+        rope = self.rotary(positions, x.dtype)
+        for layer in self.layers:
+            x = layer(x, rope=rope)
+        return self.lm_head(self.norm(x))
+
+
+def build_recall_model(
+    kind: str, vocab_size: int, hidden: int, layers: int = 2, heads: int = 2, window: int = 32
+):
+    if kind in ("swa-only", "gret-only"):
+        return MixerOnlyLM(kind.removesuffix("-only"), vocab_size, hidden, layers, heads, window)
+    fields = dict(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=4 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        max_position_embeddings=4096,
+    )
+    if kind == "transformer":
+        model = yoco.TransformerForCausalLM(yoco.TransformerConfig(**fields))
+    else:
+        config = yoco.YocoConfig(self_decoder=kind.removeprefix("yoco-"), sliding_window=window, **fields)
+        model = yoco.YocoForCausalLM(config)
+    return _LogitsOnly(model)
+
+
+class _LogitsOnly(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids):
+        return self.model(input_ids).logits
+
+
+def train_recall(
+    kind: str,
+    seq_len: int,
+    num_pairs: int,
+    hidden: int,
+    vocab_size: int = 8192,
+    steps: int = 2000,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    window: int = 32,
+    eval_examples: int = 512,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
+    """Train from scratch with loss on query positions only; returns held-out accuracy."""
+    import time
+
+    from tqdm import tqdm
+
+    torch.manual_seed(seed)
+    model = build_recall_model(kind, vocab_size, hidden, window=window)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
+    train_gen = torch.Generator().manual_seed(seed)
+    start = time.perf_counter()
+    for _ in tqdm(range(steps), desc=f"mqar {kind} d={hidden} ({seq_len},{num_pairs})", disable=not progress):
+        inputs, targets = mqar_batch(batch_size, seq_len, num_pairs, vocab_size, generator=train_gen)
+        logits = model(inputs)
+        loss = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, vocab_size), targets.reshape(-1), ignore_index=IGNORE
+        )
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+    eval_gen = torch.Generator().manual_seed(10_000 + seed)  # held-out examples, never trained on
+    model.eval()
+    with torch.no_grad():
+        inputs, targets = mqar_batch(eval_examples, seq_len, num_pairs, vocab_size, generator=eval_gen)
+        accuracy = recall_accuracy(torch.cat([model(x) for x in inputs.split(64)]), targets)
+    return {
+        "model": kind,
+        "hidden": hidden,
+        "seq_len": seq_len,
+        "num_pairs": num_pairs,
+        "accuracy": accuracy,
+        "final_loss": float(loss.detach()),
+        "seconds": time.perf_counter() - start,
+    }

@@ -1,0 +1,68 @@
+"""`eval ppl` equals the training loss on the same tokens; a saved model runs under lm_eval."""
+
+import json
+
+import pytest
+import torch
+
+from tests.conftest import tiny_model
+from yoco.eval.ppl import evaluate_ppl
+from yoco.tokenizer import byte_tokenizer
+from yoco.train.data import PackedStream, list_documents
+
+
+def test_ppl_equals_the_training_loss_on_the_same_tokens(tmp_path):
+    for i in range(5):
+        (tmp_path / f"{i}.txt").write_text(f"def f{i}(x):\n    return x + {i}\n" * (i + 3))
+    model = tiny_model("yoco-gret", vocab_size=258)
+    tokenizer = byte_tokenizer()
+    result = evaluate_ppl(model, tokenizer, str(tmp_path), seq_len=32, batch_size=3)
+    stream = PackedStream(
+        list_documents(str(tmp_path)), lambda t: tokenizer(t)["input_ids"], 257, 32, 0, shuffle=False
+    )
+    windows = torch.tensor([stream.next_sequence() for _ in range(result["tokens"] // 31)])
+    with torch.no_grad():
+        training_loss = float(model(windows, labels=windows).loss)
+    assert result["loss"] == pytest.approx(training_loss, rel=1e-5)
+    assert result["ppl"] == pytest.approx(torch.tensor(training_loss).exp().item(), rel=1e-5)
+
+
+def test_a_saved_model_runs_under_lm_eval(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    model_dir = tmp_path / "model"
+    tiny_model("yoco-swa", vocab_size=258).save_pretrained(model_dir)
+    byte_tokenizer().save_pretrained(model_dir)
+    data = tmp_path / "mc.jsonl"
+    rows = [
+        {"question": f"{a} + {b} =", "choices": [f" {a + b}", f" {a + b + 1}"], "answer": 0}
+        for a, b in [(1, 2), (3, 4), (5, 6), (2, 2)]
+    ]
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "yoco_tiny_mc.yaml").write_text(
+        "task: yoco_tiny_mc\n"
+        "dataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {data}\n"
+        "test_split: test\n"
+        "output_type: multiple_choice\n"
+        'doc_to_text: "{{question}}"\n'
+        'doc_to_choice: "{{choices}}"\n'
+        'doc_to_target: "{{answer}}"\n'
+        "metric_list:\n  - metric: acc\n"
+    )
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    out = simple_evaluate(
+        model="hf",
+        model_args=f"pretrained={model_dir},dtype=float32",
+        tasks=["yoco_tiny_mc"],
+        task_manager=TaskManager(include_path=str(tasks)),
+        device="cpu",
+        batch_size=2,
+    )
+    accuracy = out["results"]["yoco_tiny_mc"]["acc,none"]
+    assert 0.0 <= accuracy <= 1.0
+    assert out["results"]["yoco_tiny_mc"]["alias"] == "yoco_tiny_mc"
