@@ -82,51 +82,47 @@ def markdown(results, image_dir: Path | None = None) -> str:
         + ".",
         "",
     ]
+
+    def per_system(dtype, *formats):
+        """Rows of one column per (format, system), one row per context length."""
+        rows = []
+        for n in meta["lengths"]:
+            row = [_k(n)]
+            for fmt in formats:
+                row += [fmt(cells[(dtype, n, s)]) if (dtype, n, s) in cells else "" for s in systems]
+            rows.append(row)
+        return rows
+
+    names = [LABELS[s] for s in systems]
     for dtype in meta["dtypes"]:
-        out.append(f"### {dtype}\n")
-        rows = []
-        for n in meta["lengths"]:
-            row = [_k(n)]
-            for s in systems:
-                c = cells.get((dtype, n, s))
-                row.append(f"{c['prefill_s']:.3f}" if c else "")
-            row += [f"{cells[(dtype, n, s)]['peak_fraction']:.0%}" for s in systems if (dtype, n, s) in cells]
-            rows.append(row)
-        out.append("Prefill latency (s) and achieved FLOP/s as a share of the matmul peak:\n")
-        out.append(
+        out += [
+            f"### {dtype}\n",
+            "Prefill latency (s) and achieved FLOP/s as a share of the matmul peak:\n",
             _table(
-                ["context"] + [f"{LABELS[s]} s" for s in systems] + [f"{LABELS[s]} %peak" for s in systems],
-                rows,
-            )
-        )
-        out.append("")
-
-        rows = []
-        for n in meta["lengths"]:
-            row = [_k(n)]
-            for s in systems:
-                c = cells.get((dtype, n, s))
-                row.append(f"{c['cache_bytes'] / MiB:.1f} / {c['rss_growth_bytes'] / MiB:.0f}" if c else "")
-            rows.append(row)
-        out.append("Cache after prefill / peak RSS growth during prefill + decode (MiB):\n")
-        out.append(_table(["context"] + [LABELS[s] for s in systems], rows))
-        out.append("")
-
-        rows = []
-        for n in meta["lengths"]:
-            row = [_k(n)]
-            for s in systems:
-                c = cells.get((dtype, n, s))
-                row.append(
-                    f"{c['decode_tokens_per_s']:.1f} / {c['budget_tokens_per_s']:.1f} (b={c['budget_batch']})"
-                    if c
-                    else ""
-                )
-            rows.append(row)
-        out.append("Decode tokens/s at batch 1 / within the memory budget (batch):\n")
-        out.append(_table(["context"] + [LABELS[s] for s in systems], rows))
-        out.append("")
-
+                ["context"] + [f"{n} s" for n in names] + [f"{n} %peak" for n in names],
+                per_system(dtype, lambda c: f"{c['prefill_s']:.3f}", lambda c: f"{c['peak_fraction']:.0%}"),
+            ),
+            "",
+            "Cache after prefill / peak RSS growth during prefill + decode (MiB):\n",
+            _table(
+                ["context", *names],
+                per_system(
+                    dtype, lambda c: f"{c['cache_bytes'] / MiB:.1f} / {c['rss_growth_bytes'] / MiB:.0f}"
+                ),
+            ),
+            "",
+            "Decode tokens/s at batch 1 / within the memory budget (batch):\n",
+            _table(
+                ["context", *names],
+                per_system(
+                    dtype,
+                    lambda c: (
+                        f"{c['decode_tokens_per_s']:.1f} / {c['budget_tokens_per_s']:.1f} (b={c['budget_batch']})"
+                    ),
+                ),
+            ),
+            "",
+        ]
         for yoco in YOCO:
             for baseline in BASELINES:
                 ratios = ratio_rows(results, dtype, yoco, baseline)
