@@ -109,3 +109,15 @@ def test_every_source_document_is_read_once_per_epoch(tmp_path):
     text = bytes(t for _ in range(9) for t in stream.next_sequence() if t < 256).decode()
     counts = collections.Counter(text.replace(">", "> ").split())
     assert all(counts[f"<{i}>"] >= 1 for i in range(9))
+
+
+def test_synthetic_needle_source_is_deterministic_and_answers_its_question():
+    docs = list_documents("needle:400:6")
+    assert len(docs) == 6
+    text = docs[2].text()
+    assert text == list_documents("needle:400:6")[2].text()
+    question_city = text.rsplit("What is the special magic ", 1)[1].split(" number?")[0]
+    answer = text.rstrip(".\n").rsplit(" ", 1)[1]
+    assert f"The special magic {question_city} number is: {answer}." in text.split("\nWhat is")[0]
+    with pytest.raises(DataError, match="needle:LENGTH"):
+        list_documents("needle:abc")

@@ -8,6 +8,7 @@ library: its docstrings and comments.
 """
 
 import ast
+import functools
 import io
 import json
 import random
@@ -21,6 +22,7 @@ from tqdm import tqdm
 
 import yoco
 from yoco.data.stdlib import iter_stdlib_documents
+from yoco.tokenizer import decode_bytes, encode_bytes
 
 CITIES = [
     "Lisbon",
@@ -133,6 +135,21 @@ def build_prompt(
     ids.extend(hay[cursor:])
     ids.extend(ask)
     return NeedlePrompt(ids, numbers[asked], cities[asked], needle_start, budget)
+
+
+@functools.lru_cache(maxsize=1)
+def _training_filler() -> tuple[int, ...]:
+    return tuple(encode_bytes(stdlib_prose(400_000)))
+
+
+def needle_training_text(index: int, length: int) -> str:
+    """A synthetic training document: a byte-level needle prompt of ``length`` bytes (1-3
+    needles, random depth) followed by its answer, seeded by ``index``."""
+    rng = random.Random(f"needle-train:{index}")
+    prompt = build_prompt(
+        encode_bytes, list(_training_filler()), length, rng.random(), rng, rng.randint(1, 3)
+    )
+    return decode_bytes(prompt.ids) + " " + prompt.answer + ".\n"
 
 
 def _contains(haystack: list[int], needle: list[int]) -> bool:

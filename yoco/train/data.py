@@ -1,8 +1,9 @@
 """Training data: documents from files, a held-out split, packing, weighted mixing.
 
 * A *source* is a ``.txt`` file (one document), a ``.jsonl`` file (one document per line, in
-  its ``text`` field), a ``.parquet`` file (a ``text`` column), a folder of such files, or
-  ``"stdlib"``: the Python standard library's own sources, the embedded default corpus.
+  its ``text`` field), a ``.parquet`` file (a ``text`` column), a folder of such files,
+  ``"stdlib"``: the Python standard library's own sources, the embedded default corpus, or
+  ``"needle:LENGTH[:COUNT]"``: synthetic needle-retrieval documents (prompt + answer).
 * Each document has a stable id (``path`` or ``path:row``); hashing it puts the document in the
   validation split or not, so the split is disjoint and the same on every run.
 * A :class:`PackedStream` reads a source's documents in a seeded order (reshuffled every
@@ -36,13 +37,19 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class DocRef:
-    """Where to find one document: ``row`` is None for a whole ``.txt`` file."""
+    """Where to find one document: ``row`` is None for a whole ``.txt`` file; ``needle_length``
+    marks a synthetic needle-retrieval document, made from its row number."""
 
     doc_id: str
-    path: Path
+    path: Path | None
     row: int | None = None
+    needle_length: int | None = None
 
     def text(self) -> str:
+        if self.needle_length is not None:
+            from yoco.eval.needle import needle_training_text
+
+            return needle_training_text(self.row, self.needle_length)
         if self.row is None:
             return self.path.read_text(encoding="utf-8", errors="replace")
         return _rows(self.path)[self.row]
@@ -79,6 +86,14 @@ def list_documents(spec: str) -> list[DocRef]:
     if spec == "stdlib":
         root = stdlib_dir()
         return [DocRef(f"stdlib:{p.relative_to(root)}", p) for p in stdlib_source_files()]
+    if spec.startswith("needle:"):
+        # needle:LENGTH[:COUNT] -- synthetic retrieval documents of about LENGTH bytes.
+        parts = spec.split(":")
+        try:
+            length, count = int(parts[1]), int(parts[2]) if len(parts) > 2 else 4096
+        except (IndexError, ValueError) as error:
+            raise DataError(f"data source {spec}: use needle:LENGTH or needle:LENGTH:COUNT") from error
+        return [DocRef(f"{spec}:{i}", None, i, needle_length=length) for i in range(count)]
     path = Path(spec)
     if not path.exists():
         raise DataError(f"data source {spec} does not exist")
