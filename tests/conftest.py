@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from yoco import TransformerConfig, TransformerForCausalLM, YocoConfig, YocoForCausalLM
+from yoco.models import build_causal_lm
 
 TINY = dict(
     vocab_size=99,
@@ -22,12 +22,11 @@ def tiny_model(kind: str, **overrides) -> torch.nn.Module:
     """A randomly initialised tiny model of the given kind, in eval mode."""
     torch.manual_seed(0)
     fields = {**TINY, **overrides}
-    if kind == "transformer":
-        return TransformerForCausalLM(TransformerConfig(**fields)).eval()
-    self_decoder = kind.removeprefix("yoco-")
-    fields.setdefault("sliding_window", 8)
-    fields.setdefault("gret_chunk_size", 16)
-    return YocoForCausalLM(YocoConfig(self_decoder=self_decoder, **fields)).eval()
+    options = {
+        "sliding_window": fields.pop("sliding_window", 8),
+        "gret_chunk_size": fields.pop("gret_chunk_size", 16),
+    }
+    return build_causal_lm(kind, options, **fields).eval()
 
 
 @pytest.fixture(params=MODEL_KINDS)

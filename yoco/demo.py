@@ -10,8 +10,8 @@ import time
 
 import torch
 
-from yoco import TransformerConfig, TransformerForCausalLM, YocoConfig, YocoForCausalLM
 from yoco.data.stdlib import stdlib_text
+from yoco.models import build_causal_lm
 from yoco.tokenizer import BYTE_VOCAB_SIZE, encode_bytes
 
 DEMO_SHAPE = dict(
@@ -28,9 +28,9 @@ DEMO_SHAPE = dict(
 def build_models(window: int) -> dict[str, torch.nn.Module]:
     torch.manual_seed(0)
     return {
-        "YOCO-gRet": YocoForCausalLM(YocoConfig(self_decoder="gret", **DEMO_SHAPE)),
-        "YOCO-SWA": YocoForCausalLM(YocoConfig(self_decoder="swa", sliding_window=window, **DEMO_SHAPE)),
-        "Transformer": TransformerForCausalLM(TransformerConfig(**DEMO_SHAPE)),
+        "YOCO-gRet": build_causal_lm("yoco-gret", **DEMO_SHAPE),
+        "YOCO-SWA": build_causal_lm("yoco-swa", {"sliding_window": window}, **DEMO_SHAPE),
+        "Transformer": build_causal_lm("transformer", **DEMO_SHAPE),
     }
 
 

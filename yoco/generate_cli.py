@@ -8,6 +8,7 @@ import time
 import torch
 
 import yoco
+from yoco.models import build_causal_lm
 from yoco.tokenizer import BYTE_VOCAB_SIZE, EOS_ID, encode_bytes
 
 PRESETS = {
@@ -31,11 +32,7 @@ def load_model(path: str | None, preset: str | None, architecture: str, dtype: t
         return AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
     fields = PRESETS[preset]
     torch.manual_seed(0)
-    if architecture == "transformer":
-        model = yoco.TransformerForCausalLM(yoco.TransformerConfig(**fields))
-    else:
-        self_decoder = architecture.removeprefix("yoco-")
-        model = yoco.YocoForCausalLM(yoco.YocoConfig(self_decoder=self_decoder, sliding_window=256, **fields))
+    model = build_causal_lm(architecture, {"sliding_window": 256}, **fields)
     return model.to(dtype).eval()
 
 

@@ -14,6 +14,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 import yoco
 from yoco.bench.flops import Shape
+from yoco.models import KINDS, build_causal_lm
 
 SYSTEMS = ("yoco-swa", "yoco-gret", "transformer", "hf-llama")
 
@@ -29,16 +30,9 @@ def build_model(system: str, shape: Shape, dtype: torch.dtype, max_positions: in
         max_position_embeddings=max_positions,
     )
     torch.manual_seed(0)
-    if system.startswith("yoco-"):
-        config = yoco.YocoConfig(
-            self_decoder=system.removeprefix("yoco-"),
-            sliding_window=shape.sliding_window,
-            gret_chunk_size=shape.gret_chunk_size,
-            **fields,
-        )
-        model = yoco.YocoForCausalLM(config)
-    elif system == "transformer":
-        model = yoco.TransformerForCausalLM(yoco.TransformerConfig(**fields))
+    if system in KINDS:
+        options = dict(sliding_window=shape.sliding_window, gret_chunk_size=shape.gret_chunk_size)
+        model = build_causal_lm(system, options, **fields)
     elif system == "hf-llama":
         ours = build_model("transformer", shape, torch.float32, max_positions)
         config = LlamaConfig(**fields, attn_implementation="sdpa")

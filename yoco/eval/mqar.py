@@ -12,7 +12,7 @@ the model should predict *at* position i (-100 where nothing is asked).
 
 import torch
 
-import yoco
+from yoco.models import build_causal_lm
 
 IGNORE = -100
 
@@ -115,12 +115,7 @@ def build_recall_model(
         num_attention_heads=heads,
         max_position_embeddings=4096,
     )
-    if kind == "transformer":
-        model = yoco.TransformerForCausalLM(yoco.TransformerConfig(**fields))
-    else:
-        config = yoco.YocoConfig(self_decoder=kind.removeprefix("yoco-"), sliding_window=window, **fields)
-        model = yoco.YocoForCausalLM(config)
-    return _LogitsOnly(model)
+    return _LogitsOnly(build_causal_lm(kind, {"sliding_window": window}, **fields))
 
 
 class _LogitsOnly(torch.nn.Module):

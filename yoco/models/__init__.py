@@ -1,0 +1,17 @@
+"""The model families, and one way to build any of them by name."""
+
+from yoco.models.transformer import TransformerConfig, TransformerForCausalLM
+from yoco.models.yoco import YocoConfig, YocoForCausalLM
+
+KINDS = ("transformer", "yoco-swa", "yoco-gret")
+
+
+def build_causal_lm(kind: str, yoco_options: dict | None = None, **fields):
+    """A freshly initialised model of ``kind`` with config ``fields``; ``yoco_options``
+    (``sliding_window``, ``gret_chunk_size``, ...) apply to the YOCO kinds only."""
+    if kind == "transformer":
+        return TransformerForCausalLM(TransformerConfig(**fields))
+    if kind in ("yoco-swa", "yoco-gret"):
+        config = YocoConfig(self_decoder=kind.removeprefix("yoco-"), **(yoco_options or {}), **fields)
+        return YocoForCausalLM(config)
+    raise ValueError(f"model kind must be one of {KINDS}, got {kind!r}")
