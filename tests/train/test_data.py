@@ -121,3 +121,12 @@ def test_synthetic_needle_source_is_deterministic_and_answers_its_question():
     assert f"The special magic {question_city} number is: {answer}." in text.split("\nWhat is")[0]
     with pytest.raises(DataError, match="needle:LENGTH"):
         list_documents("needle:abc")
+
+
+def test_needle_documents_fill_whole_sequences_of_their_length():
+    # Document + EOS == LENGTH bytes, so each packed sequence is one complete document.
+    stream = PackedStream(list_documents("needle:300:5"), encode_bytes, EOS_ID, seq_len=300, seed=1)
+    for _ in range(5):
+        sequence = stream.next_sequence()
+        assert sequence[-1] == EOS_ID and EOS_ID not in sequence[:-1]
+        assert b"\nWhat is the special magic" in bytes(t for t in sequence if t < 256)

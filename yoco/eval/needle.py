@@ -139,15 +139,19 @@ def build_prompt(
 
 @functools.lru_cache(maxsize=1)
 def _training_filler() -> tuple[int, ...]:
-    return tuple(encode_bytes(stdlib_prose(400_000)))
+    # ASCII only, so a byte slice never splits a character and every document keeps its length.
+    return tuple(encode_bytes(stdlib_prose(400_000).encode("ascii", "ignore").decode()))
 
 
 def needle_training_text(index: int, length: int) -> str:
-    """A synthetic training document: a byte-level needle prompt of ``length`` bytes (1-3
-    needles, random depth) followed by its answer, seeded by ``index``."""
+    """A synthetic training document: a byte-level needle prompt (1-3 needles, random depth)
+    followed by its answer, seeded by ``index``. Prompt, answer and the EOS the packer appends
+    come to exactly ``length`` bytes, so with the byte tokenizer and ``seq_len = length`` every
+    training sequence of this source is one whole document (the needle is never cut off)."""
     rng = random.Random(f"needle-train:{index}")
+    answer_bytes = len(" 1234567.\n") + 1  # the answer line and the EOS token
     prompt = build_prompt(
-        encode_bytes, list(_training_filler()), length, rng.random(), rng, rng.randint(1, 3)
+        encode_bytes, list(_training_filler()), length - answer_bytes, rng.random(), rng, rng.randint(1, 3)
     )
     return decode_bytes(prompt.ids) + " " + prompt.answer + ".\n"
 
