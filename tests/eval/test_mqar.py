@@ -2,7 +2,14 @@
 
 import torch
 
-from yoco.eval.mqar import IGNORE, build_recall_model, mqar_batch, recall_accuracy, train_recall
+from yoco.eval.mqar import (
+    IGNORE,
+    build_recall_model,
+    mqar_batch,
+    query_logits,
+    recall_accuracy,
+    train_recall,
+)
 
 
 def test_mqar_batches_keep_zoologys_invariants():
@@ -40,8 +47,19 @@ def test_recall_accuracy_counts_query_positions_only():
 def test_every_recall_model_builds_and_a_transformer_learns_a_little():
     for kind in ("yoco-swa", "yoco-gret", "swa-only", "gret-only", "transformer"):
         model = build_recall_model(kind, 64, 32, window=8)
-        assert model(torch.randint(0, 64, (2, 24))).shape == (2, 24, 64)
+        assert model.hidden_states(torch.randint(0, 64, (2, 24))).shape == (2, 24, 32)
     result = train_recall(
         "transformer", 32, 2, 32, vocab_size=32, steps=150, batch_size=32, lr=3e-3, progress=False
     )
     assert result["accuracy"] > 0.25  # chance is 1/16 among the values
+
+
+def test_query_logits_are_the_full_models_logits_at_the_queries():
+    torch.manual_seed(0)
+    inputs, targets = mqar_batch(3, 64, 4, vocab_size=64, generator=torch.Generator().manual_seed(2))
+    model = build_recall_model("yoco-gret", 64, 32, window=8)
+    logits, answers = query_logits(model, inputs, targets)
+    full = model.model(inputs).logits
+    asked = targets != IGNORE
+    torch.testing.assert_close(logits, full[asked], rtol=1e-5, atol=1e-5)
+    assert torch.equal(answers, targets[asked]) and len(answers) == 3 * 4

@@ -93,13 +93,13 @@ class MixerOnlyLM(torch.nn.Module):
             if isinstance(module, torch.nn.Linear | torch.nn.Embedding):
                 torch.nn.init.normal_(module.weight, std=0.02)
 
-    def forward(self, input_ids):
+    def hidden_states(self, input_ids):
         x = self.embed_tokens(input_ids)
         positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
         rope = self.rotary(positions, x.dtype)
         for layer in self.layers:
             x = layer(x, rope=rope)
-        return self.lm_head(self.norm(x))
+        return self.norm(x)
 
 
 def build_recall_model(
@@ -115,16 +115,26 @@ def build_recall_model(
         num_attention_heads=heads,
         max_position_embeddings=4096,
     )
-    return _LogitsOnly(build_causal_lm(kind, {"sliding_window": window}, **fields))
+    return _RecallWrapper(build_causal_lm(kind, {"sliding_window": window}, **fields))
 
 
-class _LogitsOnly(torch.nn.Module):
+class _RecallWrapper(torch.nn.Module):
+    """A causal LM seen through the same two parts as MixerOnlyLM: hidden states, lm_head."""
+
     def __init__(self, model):
         super().__init__()
-        self.model = model
+        self.model, self.lm_head = model, model.lm_head
 
-    def forward(self, input_ids):
-        return self.model(input_ids).logits
+    def hidden_states(self, input_ids):
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+        return self.model.model(self.model.model.embed_tokens(input_ids), positions)
+
+
+def query_logits(model, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and targets at the query positions only: the loss counts nothing else, and the
+    8192-way head over every position would cost more than the whole model."""
+    asked = targets != IGNORE
+    return model.lm_head(model.hidden_states(inputs)[asked]), targets[asked]
 
 
 def train_recall(
@@ -146,18 +156,21 @@ def train_recall(
 
     from tqdm import tqdm
 
+    from yoco.train.loop import native_bf16
+
     torch.manual_seed(seed)
     model = build_recall_model(kind, vocab_size, hidden, window=window)
+    # bf16 autocast where the CPU multiplies bf16 natively (weights and optimizer stay fp32).
+    autocast = torch.autocast("cpu", torch.bfloat16, enabled=native_bf16(torch.device("cpu")))
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
     train_gen = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
     for _ in tqdm(range(steps), desc=f"mqar {kind} d={hidden} ({seq_len},{num_pairs})", disable=not progress):
         inputs, targets = mqar_batch(batch_size, seq_len, num_pairs, vocab_size, generator=train_gen)
-        logits = model(inputs)
-        loss = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, vocab_size), targets.reshape(-1), ignore_index=IGNORE
-        )
+        with autocast:
+            logits, answers = query_logits(model, inputs, targets)
+        loss = torch.nn.functional.cross_entropy(logits.float(), answers)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -165,9 +178,10 @@ def train_recall(
         schedule.step()
     eval_gen = torch.Generator().manual_seed(10_000 + seed)  # held-out examples, never trained on
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), autocast:
         inputs, targets = mqar_batch(eval_examples, seq_len, num_pairs, vocab_size, generator=eval_gen)
-        accuracy = recall_accuracy(torch.cat([model(x) for x in inputs.split(64)]), targets)
+        pieces = [query_logits(model, x, t) for x, t in zip(inputs.split(64), targets.split(64), strict=True)]
+        accuracy = recall_accuracy(torch.cat([p[0] for p in pieces]), torch.cat([p[1] for p in pieces]))
     return {
         "model": kind,
         "hidden": hidden,
