@@ -15,7 +15,7 @@ TINY = dict(
     max_position_embeddings=512,
 )
 
-MODEL_KINDS = ("transformer", "yoco-swa", "yoco-gret")
+MODEL_KINDS = ("transformer", "yoco-swa", "yoco-gret", "yoco-retention", "retnet")
 
 
 def tiny_model(kind: str, **overrides) -> torch.nn.Module:
@@ -26,6 +26,8 @@ def tiny_model(kind: str, **overrides) -> torch.nn.Module:
         "sliding_window": fields.pop("sliding_window", 8),
         "gret_chunk_size": fields.pop("gret_chunk_size", 16),
     }
+    if kind == "retnet":
+        fields.setdefault("retention_chunk_size", 16)
     return build_causal_lm(kind, options, **fields).eval()
 
 

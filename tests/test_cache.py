@@ -27,7 +27,8 @@ def test_cache_growth_per_token(model_kind):
     _, short = yoco.prefill(model, list(range(10)))
     _, long = yoco.prefill(model, list(range(60)))
     per_token = (long.nbytes() - short.nbytes()) / 50
-    layers_with_kv = 1 if model_kind.startswith("yoco") else TINY["num_hidden_layers"]
+    # YOCO caches one K/V, the Transformer one per layer, RetNet none (constant-size state).
+    layers_with_kv = {"transformer": TINY["num_hidden_layers"], "retnet": 0}.get(model_kind, 1)
     assert per_token == layers_with_kv * per_token_kv_bytes(model)
 
 

@@ -267,6 +267,40 @@ class TransformerCache(ModelCache):
         )
 
 
+def refuse_rollback(tokens_to_remove: int) -> None:
+    """``crop`` for caches holding recurrent state, which cannot be rolled back."""
+    if tokens_to_remove == 0:
+        return
+    raise ValueError(
+        "this cache cannot be rolled back (its state is recurrent): "
+        "assisted and prompt-lookup decoding are not supported"
+    )
+
+
+class RecurrentCache(ModelCache):
+    """One RecurrentState per layer (RetNet). The states are float32 whatever the model
+    runs, so the model's dtype is recorded for ``check_step``."""
+
+    def __init__(self, states: list[RecurrentState], dtype: torch.dtype):
+        super().__init__()
+        self.states, self.model_dtype = states, dtype
+
+    def stores(self) -> list:
+        return self.states
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model_dtype
+
+    def crop(self, tokens_to_remove: int) -> None:
+        refuse_rollback(tokens_to_remove)
+
+    @classmethod
+    def stack(cls, caches: list["RecurrentCache"]) -> "RecurrentCache":
+        per_layer = zip(*(c.states for c in caches), strict=True)
+        return cls([RecurrentState.stack(list(stores)) for stores in per_layer], caches[0].model_dtype)
+
+
 class YocoCache(ModelCache):
     def __init__(self, self_decoder: list, shared_kv: GrowingKV):
         super().__init__()
@@ -277,12 +311,7 @@ class YocoCache(ModelCache):
         return [*self.self_decoder, self.shared_kv]
 
     def crop(self, tokens_to_remove: int) -> None:
-        if tokens_to_remove == 0:
-            return
-        raise ValueError(
-            "a YOCO cache cannot be rolled back (its self-decoder state is recurrent): "
-            "assisted and prompt-lookup decoding are not supported"
-        )
+        refuse_rollback(tokens_to_remove)
 
     def self_decoder_nbytes(self) -> int:
         return sum(store.nbytes() for store in self.self_decoder)

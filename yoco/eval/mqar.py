@@ -74,6 +74,7 @@ class MixerOnlyLM(torch.nn.Module):
         from yoco.layers.attention import SelfAttention
         from yoco.layers.block import DecoderLayer
         from yoco.layers.gated_retention import GatedRetention
+        from yoco.layers.mlp import SwiGLU
         from yoco.layers.norm import RMSNorm
         from yoco.layers.rotary import RotaryEmbedding
 
@@ -85,7 +86,7 @@ class MixerOnlyLM(torch.nn.Module):
         self.embed_tokens = torch.nn.Embedding(vocab_size, hidden)
         self.rotary = RotaryEmbedding(hidden // heads)
         self.layers = torch.nn.ModuleList(
-            DecoderLayer(make(), hidden, 4 * hidden, 1e-6) for _ in range(layers)
+            DecoderLayer(make(), SwiGLU(hidden, 4 * hidden), hidden, 1e-6) for _ in range(layers)
         )
         self.norm = RMSNorm(hidden)
         self.lm_head = torch.nn.Linear(hidden, vocab_size, bias=False)

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from yoco.cache import GrowingKV, WindowKV
-from yoco.layers.rotary import apply_rotary
+from yoco.layers.rotary import Rope
 from yoco.ops.attention import causal_attention
 from yoco.ops.sliding_window import sliding_window_attention
 
@@ -35,17 +35,16 @@ class SelfAttention(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor],
+        rope: Rope,
         cache: GrowingKV | WindowKV | None = None,
     ) -> torch.Tensor:
-        """x: (B, N, hidden); rope: cos, sin (B, N, head_dim) -> (B, N, hidden).
+        """x: (B, N, hidden); rope: position tables for those N positions -> (B, N, hidden).
 
         With a cache, x holds the N positions that follow what the cache has seen; the cache
         is updated in place.
         """
-        cos, sin = rope
-        q = apply_rotary(self.split_heads(self.q_proj(x), self.num_heads), cos, sin)
-        k = apply_rotary(self.split_heads(self.k_proj(x), self.num_kv_heads), cos, sin)
+        q = rope.rotate_queries(self.split_heads(self.q_proj(x), self.num_heads))
+        k = rope.rotate_keys(self.split_heads(self.k_proj(x), self.num_kv_heads))
         v = self.split_heads(self.v_proj(x), self.num_kv_heads)
         if self.window is None:
             out = self.full_attention(q, k, v, cache)

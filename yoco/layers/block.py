@@ -4,23 +4,23 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from yoco.layers.mlp import SwiGLU
 from yoco.layers.norm import RMSNorm
 
 
 class DecoderLayer(nn.Module):
     """``y = x + mixer(norm(x))``, then ``y + mlp(norm(y))``.
 
-    The token mixer (attention, sliding window, gated retention, cross-attention) is passed in
-    and stored under ``mixer_name``: ``self_attn`` for attention so that the Transformer's
+    The token mixer (attention, sliding window, retention, cross-attention) and the
+    feed-forward network (SwiGLU or a mixture of experts) are passed in; the mixer is stored
+    under ``mixer_name``: ``self_attn`` for attention so that the Transformer's
     parameter names are exactly Llama's. Keyword arguments of ``forward`` go to the mixer.
     """
 
     def __init__(
         self,
         mixer: nn.Module,
+        mlp: nn.Module,
         hidden_size: int,
-        intermediate_size: int,
         eps: float,
         mixer_name: str = "self_attn",
     ) -> None:
@@ -29,7 +29,7 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(hidden_size, eps=eps)
         self.add_module(mixer_name, mixer)
         self.post_attention_layernorm = RMSNorm(hidden_size, eps=eps)
-        self.mlp = SwiGLU(hidden_size, intermediate_size)
+        self.mlp = mlp
         # Set by the trainer: recompute this block's activations in the backward pass
         # instead of storing them.
         self.checkpoint_activations = False

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from yoco.layers.norm import RMSNorm
-from yoco.layers.rotary import apply_rotary
+from yoco.layers.rotary import Rope
 from yoco.ops.attention import causal_attention
 
 
@@ -24,14 +24,12 @@ class SharedKV(nn.Module):
         self.k_proj = nn.Linear(hidden_size, num_kv_heads * head_dim, bias=False)
         self.v_proj = nn.Linear(hidden_size, num_kv_heads * head_dim, bias=False)
 
-    def forward(
-        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, rope: Rope) -> tuple[torch.Tensor, torch.Tensor]:
         b, n, _ = x.shape
         h = self.norm(x)
         k = self.k_proj(h).view(b, n, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(h).view(b, n, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        return apply_rotary(k, *rope), v
+        return rope.rotate_keys(k), v
 
 
 class CrossAttention(nn.Module):
@@ -47,13 +45,13 @@ class CrossAttention(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor],
+        rope: Rope,
         shared_kv: tuple[torch.Tensor, torch.Tensor],
         key_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x: (B, Nq, hidden), the last Nq positions of the Nk in ``shared_kv`` -> (B, Nq, hidden)."""
         b, n, _ = x.shape
         q = self.q_proj(x).view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
-        q = apply_rotary(q, *rope)
+        q = rope.rotate_queries(q)
         out = causal_attention(q, *shared_kv, key_mask)
         return self.o_proj(out.transpose(1, 2).reshape(b, n, -1))

@@ -12,7 +12,7 @@ from torch import nn
 
 from yoco.cache import RecurrentState
 from yoco.layers.norm import RMSNorm
-from yoco.layers.rotary import apply_rotary
+from yoco.layers.rotary import Rope
 from yoco.ops.gated_retention import gated_retention_chunkwise, gated_retention_recurrent
 
 GATE_LOGIT_NORMALIZER = 16.0
@@ -44,16 +44,15 @@ class GatedRetention(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor],
+        rope: Rope,
         cache: RecurrentState | None = None,
     ) -> torch.Tensor:
-        """x: (B, N, hidden); rope: cos, sin (B, N, head_dim) -> (B, N, hidden).
+        """x: (B, N, hidden); rope: position tables for those N positions -> (B, N, hidden).
 
         With a cache, the retention starts from its state and leaves the new state in it.
         """
-        cos, sin = rope
-        q = apply_rotary(self.split_heads(self.q_proj(x)), cos, sin)
-        k = apply_rotary(self.split_heads(self.k_proj(x)), cos, sin) * self.head_dim**-0.5
+        q = rope.rotate_queries(self.split_heads(self.q_proj(x)))
+        k = rope.rotate_keys(self.split_heads(self.k_proj(x))) * self.head_dim**-0.5
         v = self.split_heads(self.v_proj(x))
         state = None if cache is None else cache.state
         if cache is not None and x.shape[1] == 1:

@@ -1,35 +1,89 @@
-"""Rotary position embedding, in Llama's convention.
+"""Position encodings applied to queries and keys: rotary (RoPE) and XPos.
 
-Frequencies ``θ^(-2i/d)`` for ``i < d/2``; the two halves of each head vector are rotated
-against each other (``rotate_half``), not interleaved pairs. This is the one convention the
-library uses for every mixer (attention, sliding window, gated retention, cross-attention);
-it differs from the official YOCO code's ``1/θ^linspace(0, 1, d/2)`` interleaved form, which
-only matters when importing its checkpoints.
+Rotary follows Llama's convention: frequencies ``θ^(-2i/d)`` for ``i < d/2``; the two halves
+of each head vector are rotated against each other (``rotate_half``), not interleaved pairs.
+This is the one convention the library uses for every mixer (attention, sliding window,
+retention, cross-attention); it differs from the official YOCO/torchscale code's
+``1/θ^linspace(0, 1, d/2)`` interleaved form, which only matters when importing checkpoints.
+
+XPos (Sun et al. 2022, "A Length-Extrapolatable Transformer") is rotary plus a per-dimension
+exponential scale: queries at position n are multiplied by ``ζ_i^(n/B)``, keys by
+``ζ_i^(-n/B)``, with ``ζ_i = (2i + 0.4d) / (1.4d)`` and B the scale base (512), so that
+``q_n·k_m`` decays like ``ζ^((n-m)/B)`` with distance. Only n - m matters, so positions are
+shifted by a fixed centre (half of max_position_embeddings) to keep ``ζ^(±n/B)`` within
+floating-point range; a fixed centre (not torchscale's per-call ``-length/2``) keeps cached
+decoding identical to the full forward.
 """
+
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 
-class RotaryEmbedding(nn.Module):
-    """Turns position ids into the ``(cos, sin)`` tables that :func:`apply_rotary` consumes."""
+@dataclass
+class Rope:
+    """Per-position tables, (B, N, head_dim) each; ``scale`` is None for plain rotary."""
 
-    def __init__(self, head_dim: int, theta: float = 10000.0) -> None:
+    cos: torch.Tensor
+    sin: torch.Tensor
+    scale: torch.Tensor | None = None
+
+    def rotate_queries(self, x: torch.Tensor) -> torch.Tensor:
+        """Rotate (and for XPos, scale up) ``x`` of shape (B, heads, N, d)."""
+        out = apply_rotary(x, self.cos, self.sin)
+        return out if self.scale is None else out * self.scale.unsqueeze(1)
+
+    def rotate_keys(self, x: torch.Tensor) -> torch.Tensor:
+        """Rotate (and for XPos, scale down) ``x`` of shape (B, heads, N, d)."""
+        out = apply_rotary(x, self.cos, self.sin)
+        return out if self.scale is None else out / self.scale.unsqueeze(1)
+
+    def last(self, keep_last: int | None) -> "Rope":
+        """The tables of the last ``keep_last`` positions (all when None)."""
+        if keep_last is None:
+            return self
+        n = self.cos.shape[1]
+        pick = lambda t: None if t is None else t[:, n - keep_last :]  # noqa: E731
+        return Rope(pick(self.cos), pick(self.sin), pick(self.scale))
+
+
+class RotaryEmbedding(nn.Module):
+    """Turns position ids into the :class:`Rope` tables the mixers consume.
+
+    ``xpos_scale_base`` switches rotary to XPos; ``xpos_center`` is the position whose scale
+    is 1 (any fixed value gives the same attention scores).
+    """
+
+    def __init__(
+        self,
+        head_dim: int,
+        theta: float = 10000.0,
+        xpos_scale_base: float | None = None,
+        xpos_center: int = 0,
+    ) -> None:
         super().__init__()
         if head_dim % 2:
             raise ValueError(f"rotary embedding needs an even head_dim, got {head_dim}")
         # Computed on the fly rather than kept as a buffer: a d/2-vector costs nothing, and no
         # loading path (meta-device init, dtype casts) can leave it stale or in bf16.
         self.head_dim, self.theta = head_dim, theta
+        self.xpos_scale_base, self.xpos_center = xpos_scale_base, xpos_center
 
     @torch.no_grad()
-    def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """position_ids: (B, N) integers -> cos, sin: (B, N, head_dim) in ``dtype``."""
+    def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> Rope:
+        """position_ids: (B, N) integers -> tables of shape (B, N, head_dim) in ``dtype``."""
         exponents = torch.arange(0, self.head_dim, 2, device=position_ids.device) / self.head_dim
         inv_freq = 1.0 / (self.theta ** exponents.float())  # (d/2,)
         freqs = position_ids[..., None].float() * inv_freq  # (B, N, d/2)
         angles = torch.cat((freqs, freqs), dim=-1)  # (B, N, d)
-        return angles.cos().to(dtype), angles.sin().to(dtype)
+        scale = None
+        if self.xpos_scale_base is not None:
+            zeta = (exponents.float() + 0.4) / 1.4  # (2i + 0.4d) / 1.4d
+            power = (position_ids[..., None].float() - self.xpos_center) / self.xpos_scale_base
+            scale = torch.cat((zeta, zeta)) ** power  # (B, N, d)
+            scale = scale.to(dtype)
+        return Rope(angles.cos().to(dtype), angles.sin().to(dtype), scale)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,10 @@ from yoco.cache import ModelCache
 from yoco.layers.norm import RMSNorm
 from yoco.layers.rotary import RotaryEmbedding
 
+POSITION_EMBEDDINGS = ("rope", "xpos")
+ATTENTION_TYPES = ("softmax", "differential")
+FFN_TYPES = ("swiglu", "moe", "mhmoe")
+
 
 @strict
 class DecoderConfig(PretrainedConfig):
@@ -39,6 +43,16 @@ class DecoderConfig(PretrainedConfig):
     pad_token_id: int | None = None
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
+    # Swappable parts (docs/ARCHITECTURES.md); the defaults give exactly Llama.
+    position_embedding: str = "rope"  # "rope" | "xpos"
+    xpos_scale_base: float = 512.0
+    attention_type: str = "softmax"  # "softmax" | "differential"
+    ffn_type: str = "swiglu"  # "swiglu" | "moe" | "mhmoe"
+    num_experts: int = 8
+    num_experts_per_tok: int = 2
+    mhmoe_heads: int = 4  # MH-MoE: sub-tokens per token
+    router_aux_loss_coef: float = 0.01
+    bitnet: bool = False  # BitNet b1.58 ternary linear layers inside the decoder blocks
 
     def __post_init__(self, **kwargs):
         if self.num_key_value_heads is None:
@@ -73,6 +87,23 @@ class DecoderConfig(PretrainedConfig):
                 f"num_attention_heads ({self.num_attention_heads}) must be divisible by "
                 f"num_key_value_heads ({self.num_key_value_heads})"
             )
+        choices = {
+            "position_embedding": POSITION_EMBEDDINGS,
+            "attention_type": ATTENTION_TYPES,
+            "ffn_type": FFN_TYPES,
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        for name in ("num_experts", "num_experts_per_tok", "mhmoe_heads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_experts_per_tok > self.num_experts:
+            raise ValueError(
+                f"num_experts_per_tok ({self.num_experts_per_tok}) must be <= num_experts ({self.num_experts})"
+            )
+        if self.xpos_scale_base <= 0:
+            raise ValueError(f"xpos_scale_base must be > 0, got {self.xpos_scale_base}")
         if self.head_dim % 2:
             raise ValueError(
                 f"hidden_size / num_attention_heads = {self.head_dim} must be even for rotary embeddings"
@@ -189,7 +220,13 @@ class DecoderBackbone(nn.Module):
     def __init__(self, config: DecoderConfig) -> None:
         super().__init__()
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
-        self.rotary_emb = RotaryEmbedding(config.head_dim, config.rope_theta)
+        xpos = config.position_embedding == "xpos"
+        self.rotary_emb = RotaryEmbedding(
+            config.head_dim,
+            config.rope_theta,
+            xpos_scale_base=config.xpos_scale_base if xpos else None,
+            xpos_center=config.max_position_embeddings // 2,
+        )
         self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
     def body(self, x, rope, cache, keep_last: int | None) -> torch.Tensor:

@@ -3,8 +3,8 @@
 from torch import nn
 
 from yoco.cache import GrowingKV, TransformerCache
-from yoco.layers.attention import SelfAttention
 from yoco.layers.block import DecoderLayer
+from yoco.layers.parts import make_mlp, make_self_attention
 from yoco.models.base import CausalLM, DecoderBackbone, DecoderConfig, last_positions
 
 
@@ -20,12 +20,9 @@ class TransformerModel(DecoderBackbone):
         self.config = config
         self.layers = nn.ModuleList(
             DecoderLayer(
-                SelfAttention(config.hidden_size, config.num_attention_heads, config.num_key_value_heads),
-                config.hidden_size,
-                config.intermediate_size,
-                config.rms_norm_eps,
+                make_self_attention(config, i), make_mlp(config), config.hidden_size, config.rms_norm_eps
             )
-            for _ in range(config.num_hidden_layers)
+            for i in range(config.num_hidden_layers)
         )
 
     def body(self, x, rope, cache: TransformerCache | None = None, keep_last: int | None = None):

@@ -2,7 +2,8 @@
 
     tokens -> embedding
            -> self-decoder: num_self_decoder_layers blocks whose mixer has constant-size state
-              (sliding-window attention "swa", or gated retention "gret")
+              (sliding-window attention "swa", gated retention "gret", RetNet's multi-scale
+              retention "retention")
            -> SharedKV: norm + one K/V projection (rotary on K)       <- the only cache that grows
            -> cross-decoder: the remaining blocks, each attending causally to that one K/V
            -> norm -> LM head
@@ -16,13 +17,15 @@ from huggingface_hub.dataclasses import strict
 from torch import nn
 
 from yoco.cache import GrowingKV, RecurrentState, WindowKV, YocoCache
-from yoco.layers.attention import SelfAttention
 from yoco.layers.block import DecoderLayer
-from yoco.layers.cross_attention import CrossAttention, SharedKV
+from yoco.layers.cross_attention import SharedKV
 from yoco.layers.gated_retention import GatedRetention
+from yoco.layers.parts import make_cross_attention, make_mlp, make_self_attention
+from yoco.layers.retention import MultiScaleRetention
 from yoco.models.base import CausalLM, DecoderBackbone, DecoderConfig, last_positions
 
-SELF_DECODERS = ("swa", "gret")
+SELF_DECODERS = ("swa", "gret", "retention")
+RECURRENT_SELF_DECODERS = ("gret", "retention")  # constant-size state: RecurrentState
 
 
 @strict
@@ -58,16 +61,12 @@ class YocoConfig(DecoderConfig):
         return self.num_hidden_layers - self.num_self_decoder_layers
 
 
-def self_decoder_mixer(config: YocoConfig) -> tuple[str, nn.Module]:
+def self_decoder_mixer(config: YocoConfig, layer_index: int) -> tuple[str, nn.Module]:
     """The self-decoder's token mixer and the attribute name it is stored under."""
     if config.self_decoder == "swa":
-        return "self_attn", SelfAttention(
-            config.hidden_size,
-            config.num_attention_heads,
-            config.num_key_value_heads,
-            window=config.sliding_window,
-        )
-    return "retention", GatedRetention(
+        return "self_attn", make_self_attention(config, layer_index, window=config.sliding_window)
+    retention = GatedRetention if config.self_decoder == "gret" else MultiScaleRetention
+    return "retention", retention(
         config.hidden_size,
         config.num_attention_heads,
         eps=config.rms_norm_eps,
@@ -79,25 +78,22 @@ class YocoModel(DecoderBackbone):
     def __init__(self, config: YocoConfig) -> None:
         super().__init__(config)
         self.config = config
-        block = dict(
-            hidden_size=config.hidden_size,
-            intermediate_size=config.intermediate_size,
-            eps=config.rms_norm_eps,
-        )
+        block = dict(hidden_size=config.hidden_size, eps=config.rms_norm_eps)
         self.self_decoder = nn.ModuleList()
-        for _ in range(config.num_self_decoder_layers):
-            name, mixer = self_decoder_mixer(config)
-            self.self_decoder.append(DecoderLayer(mixer, mixer_name=name, **block))
+        for i in range(config.num_self_decoder_layers):
+            name, mixer = self_decoder_mixer(config, i)
+            self.self_decoder.append(DecoderLayer(mixer, make_mlp(config), mixer_name=name, **block))
         self.shared_kv = SharedKV(
             config.hidden_size, config.num_key_value_heads, config.head_dim, config.rms_norm_eps
         )
         self.cross_decoder = nn.ModuleList(
             DecoderLayer(
-                CrossAttention(config.hidden_size, config.num_attention_heads),
+                make_cross_attention(config, config.num_self_decoder_layers + i),
+                make_mlp(config),
                 mixer_name="cross_attn",
                 **block,
             )
-            for _ in range(config.num_cross_decoder_layers)
+            for i in range(config.num_cross_decoder_layers)
         )
 
     def body(self, x, rope, cache: YocoCache | None = None, keep_last: int | None = None):
@@ -112,7 +108,7 @@ class YocoModel(DecoderBackbone):
         x = last_positions(x, keep_last)
         if x.shape[1] == 0:
             return x
-        rope = tuple(last_positions(t, keep_last) for t in rope)
+        rope = rope.last(keep_last)
         for layer in self.cross_decoder:
             x = layer(x, rope=rope, shared_kv=(keys, values), key_mask=key_mask)
         return x
@@ -131,7 +127,7 @@ class YocoModel(DecoderBackbone):
                 )
                 for _ in self.self_decoder
             ]
-        else:
+        elif config.self_decoder in RECURRENT_SELF_DECODERS:
             states = [
                 RecurrentState(batch_size, config.num_attention_heads, config.head_dim, device)
                 for _ in self.self_decoder

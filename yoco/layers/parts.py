@@ -1,0 +1,34 @@
+"""The swappable parts of a decoder block, chosen by config fields (docs/ARCHITECTURES.md).
+
+Every model builds its blocks through these functions, so a part written once (an FFN, an
+attention variant, a linear-layer kind) serves the Transformer and both YOCO decoders.
+"""
+
+from torch import nn
+
+from yoco.layers.attention import SelfAttention
+from yoco.layers.cross_attention import CrossAttention
+from yoco.layers.mlp import SwiGLU
+
+
+def make_mlp(config) -> nn.Module:
+    """The feed-forward network of one block (``config.ffn_type``)."""
+    if config.ffn_type == "swiglu":
+        return SwiGLU(config.hidden_size, config.intermediate_size)
+    raise ValueError(f"ffn_type {config.ffn_type!r} is not available yet")
+
+
+def make_self_attention(config, layer_index: int, window: int | None = None) -> nn.Module:
+    """Causal self-attention (full, or sliding-window with ``window``), ``config.attention_type``."""
+    if config.attention_type == "softmax":
+        return SelfAttention(
+            config.hidden_size, config.num_attention_heads, config.num_key_value_heads, window
+        )
+    raise ValueError(f"attention_type {config.attention_type!r} is not available yet")
+
+
+def make_cross_attention(config, layer_index: int) -> nn.Module:
+    """A cross-decoder layer's attention to the shared K/V, ``config.attention_type``."""
+    if config.attention_type == "softmax":
+        return CrossAttention(config.hidden_size, config.num_attention_heads)
+    raise ValueError(f"attention_type {config.attention_type!r} is not available yet")
