@@ -9,11 +9,14 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint install clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "torch==$(TORCH_VERSION)"
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	# torchscale is the reference RetNet retention is tested against. --no-deps: its pins
+	# (fairscale, timm) are not needed by the retention module and would pull more torch.
+	$(BIN)/python -m pip install --quiet --no-deps "torchscale==0.3.0"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -1,0 +1,96 @@
+"""Every swappable part inside whole models: cached decoding equals the full forward, and a
+short training run lowers the loss. The part-specific reference checks live beside each part
+(test_retention.py, ...); this file checks that the parts compose."""
+
+import pytest
+import torch
+
+import yoco
+from tests.conftest import tiny_model
+from yoco.layers.rotary import RotaryEmbedding
+
+# (model kind, config overrides) for each part in a decoder.
+PARTS = [
+    ("retnet", {}),
+    ("yoco-retention", {}),
+    ("transformer", {"position_embedding": "xpos"}),
+    ("yoco-swa", {"position_embedding": "xpos"}),
+    ("yoco-gret", {"position_embedding": "xpos"}),
+]
+
+
+def part_id(part) -> str:
+    kind, overrides = part
+    return "-".join([kind, *(f"{k}={v}" for k, v in overrides.items())])
+
+
+@pytest.fixture(params=PARTS, ids=part_id)
+def part(request):
+    return request.param
+
+
+def test_cached_chunked_prefill_and_steps_equal_the_full_forward(part):
+    kind, overrides = part
+    model = tiny_model(kind, **overrides)
+    ids = torch.randint(0, 99, (2, 30), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        full = model(ids).logits
+        cache = model.new_cache(2, 0)
+        pieces = [model(ids[:, :13], past_key_values=cache).logits]  # chunked prefill
+        pieces += [model(ids[:, 13:20], past_key_values=cache).logits]
+        pieces += [model(ids[:, i : i + 1], past_key_values=cache).logits for i in range(20, 30)]  # steps
+    torch.testing.assert_close(torch.cat(pieces, 1), full, rtol=1e-4, atol=1e-4)
+    prompt = ids[0, :12].tolist()
+    expected = [int(t) for t in model(ids[:1, :12]).logits[0, -1:].argmax(-1)]
+    assert yoco.generate(model, [prompt], 1)[0] == expected
+
+
+def test_a_short_training_run_lowers_the_loss(part):
+    kind, overrides = part
+    model = tiny_model(kind, **overrides).train()
+    ids = torch.arange(64).remainder(11).repeat(4, 1)  # a repeating pattern, learnable quickly
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(40):
+        loss = model(ids, labels=ids).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def xpos_scores(n_positions: torch.Tensor, m_positions: torch.Tensor, q, k) -> torch.Tensor:
+    rotary = RotaryEmbedding(8, xpos_scale_base=512, xpos_center=100)
+    queries = rotary(n_positions[None], torch.float32).rotate_queries(q)
+    keys = rotary(m_positions[None], torch.float32).rotate_keys(k)
+    return (queries * keys).sum(-1)
+
+
+def test_xpos_scores_depend_on_distance_only_and_decay_with_it():
+    torch.manual_seed(0)
+    q, k = torch.randn(1, 1, 5, 8), torch.randn(1, 1, 5, 8)
+    n, m = torch.tensor([10, 50, 300, 900, 3000]), torch.tensor([3, 20, 100, 899, 1000])
+    torch.testing.assert_close(
+        xpos_scores(n, m, q, k), xpos_scores(n + 777, m + 777, q, k), rtol=1e-4, atol=1e-5
+    )
+    # With identical unrotated vectors, the score's envelope shrinks like ζ^(distance/512).
+    ones = torch.ones(1, 1, 1, 8)
+    near = xpos_scores(torch.tensor([0]), torch.tensor([0]), ones, ones)
+    far = xpos_scores(torch.tensor([2048]), torch.tensor([0]), ones, ones)
+    assert far.abs() < near.abs()
+
+
+def test_xpos_equals_torchscale_xpos_scores():
+    xpos = pytest.importorskip("torchscale.component.xpos_relative_position")
+    torch.manual_seed(1)
+    n, d = 20, 8
+    q, k = torch.randn(3, n, d), torch.randn(3, n, d)
+    theirs = xpos.XPOS(d)
+    reference = theirs(q) @ theirs(k, downscale=True).transpose(1, 2)
+    half = torch.cat((torch.arange(0, d, 2), torch.arange(1, d, 2)))  # interleaved -> rotate_half
+    tables = RotaryEmbedding(d, xpos_scale_base=512, xpos_center=37)(torch.arange(n)[None], torch.float32)
+    ours = tables.rotate_queries(q[None, :, :, half]) @ tables.rotate_keys(k[None, :, :, half]).transpose(
+        -1, -2
+    )
+    torch.testing.assert_close(ours[0], reference, rtol=1e-5, atol=1e-5)
