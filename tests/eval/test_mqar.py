@@ -63,3 +63,17 @@ def test_query_logits_are_the_full_models_logits_at_the_queries():
     asked = targets != IGNORE
     torch.testing.assert_close(logits, full[asked], rtol=1e-5, atol=1e-5)
     assert torch.equal(answers, targets[asked]) and len(answers) == 3 * 4
+
+
+def test_mqar_command_keeps_finished_rows_and_writes_the_table(tmp_path):
+    from yoco.eval.cli import main
+
+    doc = tmp_path / "EVALUATION.md"
+    doc.write_text("# Evaluation\n")
+    options = ["mqar", "--grid", "32:2", "--widths", "16", "--models", "transformer", "--steps", "2"]
+    options += ["--batch-size", "4", "--vocab-size", "32", "--out", str(tmp_path / "run")]
+    main([*options, "--evaluation-md", str(doc)])
+    first = (tmp_path / "run" / "mqar.jsonl").read_text()
+    assert "| transformer | 16 |" in doc.read_text() and "yoco eval mqar --grid 32:2" in doc.read_text()
+    main(options)  # the same grid again: the finished row is reused, not retrained
+    assert (tmp_path / "run" / "mqar.jsonl").read_text() == first

@@ -31,6 +31,47 @@ def mqar_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def run_mqar(args, argv: list[str] | None) -> None:
+    """Train every (setting, width, model) probe; finished rows are kept in OUT/mqar.jsonl and
+    reused when the same command is run again, so an interrupted grid resumes."""
+    from yoco.eval.mqar import train_recall
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    done_path = out / "mqar.jsonl"
+    done = [json.loads(line) for line in done_path.read_text().splitlines()] if done_path.exists() else []
+    recipe = dict(steps=args.steps, batch_size=args.batch_size, lr=args.lr, window=args.window)
+    rows = []
+    for setting in args.grid:
+        seq_len, pairs = (int(x) for x in setting.split(":"))
+        for hidden in args.widths:
+            for kind in args.models:
+                key = dict(model=kind, hidden=hidden, seq_len=seq_len, num_pairs=pairs, **recipe)
+                row = next((r for r in done if all(r.get(k) == v for k, v in key.items())), None)
+                if row is None:
+                    row = {**train_recall(kind, seq_len, pairs, hidden, args.vocab_size, **recipe), **recipe}
+                    with done_path.open("a") as f:
+                        f.write(json.dumps(row) + "\n")
+                    print(
+                        f"{kind} d={hidden} ({seq_len}, {pairs}): {row['accuracy']:.1%} in {row['seconds']:.0f} s"
+                    )
+                rows.append(row)
+    table = mqar_table(rows)
+    (out / "mqar.md").write_text(table + "\n")
+    print(table)
+    if args.evaluation_md:
+        from yoco.bench.report import update_section
+
+        minutes = sum(r["seconds"] for r in rows) / 60
+        command = "yoco eval " + " ".join(argv if argv is not None else sys.argv[2:])
+        body = (
+            f"Command: `{command}` ({minutes:.0f} min of training on this machine; accuracy on 512 "
+            f"held-out sequences; {args.steps} steps of batch {args.batch_size}, lr {args.lr}, "
+            f"SWA window {args.window}, vocab {args.vocab_size}, 2 layers)\n\n{table}"
+        )
+        update_section(Path(args.evaluation_md), "mqar", body, Path(args.evaluation_md).parent)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="yoco eval", description=__doc__)
     sub = parser.add_subparsers(dest="task", required=True)
@@ -66,7 +107,8 @@ def main(argv: list[str] | None = None) -> None:
     mqar.add_argument("--batch-size", type=int, default=64)
     mqar.add_argument("--lr", type=float, default=1e-3)
     mqar.add_argument("--window", type=int, default=32, help="SWA window (below the key-query distances)")
-    mqar.add_argument("--out", default="runs/mqar")
+    mqar.add_argument("--out", default="runs/mqar", help="rows are appended to OUT/mqar.jsonl as they finish")
+    mqar.add_argument("--evaluation-md", help="also write the table into this markdown file's mqar section")
     args = parser.parse_args(argv)
 
     try:
@@ -96,31 +138,6 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"{length:>6} tokens: mean accuracy {sum(cells) / len(cells):.2f}  by depth {cells}")
             print(f"heat map: {Path(args.out) / 'needle.png'}")
         else:
-            from yoco.eval.mqar import train_recall
-
-            rows = []
-            for setting in args.grid:
-                seq_len, pairs = (int(x) for x in setting.split(":"))
-                for hidden in args.widths:
-                    for kind in args.models:
-                        rows.append(
-                            train_recall(
-                                kind,
-                                seq_len,
-                                pairs,
-                                hidden,
-                                args.vocab_size,
-                                args.steps,
-                                args.batch_size,
-                                args.lr,
-                                args.window,
-                            )
-                        )
-            out = Path(args.out)
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "mqar.json").write_text(json.dumps(rows, indent=1))
-            table = mqar_table(rows)
-            (out / "mqar.md").write_text(table + "\n")
-            print(table)
+            run_mqar(args, argv)
     except (ValueError, FileNotFoundError, OSError) as error:
         sys.exit(f"yoco eval: {error}")
