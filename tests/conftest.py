@@ -26,6 +26,9 @@ def tiny_model(kind: str, **overrides) -> torch.nn.Module:
         "sliding_window": fields.pop("sliding_window", 8),
         "gret_chunk_size": fields.pop("gret_chunk_size", 16),
     }
+    for name in ("dilated_segments", "dilated_ratios"):  # given only by the dilated tests
+        if name in fields:
+            options[name] = fields.pop(name)
     if kind == "retnet":
         fields.setdefault("retention_chunk_size", 16)
     return build_causal_lm(kind, options, **fields).eval()

@@ -13,6 +13,8 @@ from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from yoco.cache import ModelCache
+from yoco.layers.bitlinear import convert_to_bitlinear
+from yoco.layers.moe import moe_aux_loss
 from yoco.layers.norm import RMSNorm
 from yoco.layers.rotary import RotaryEmbedding
 
@@ -124,6 +126,8 @@ class CausalLM(DecoderPreTrainedModel, GenerationMixin):
     def __init__(self, config: DecoderConfig, model: nn.Module) -> None:
         super().__init__(config)
         self.model = model
+        if config.bitnet:
+            convert_to_bitlinear(self.model)  # before post_init, so BitLinear weights get the usual init
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
@@ -205,6 +209,9 @@ class CausalLM(DecoderPreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             loss = causal_lm_loss(logits, labels)
+            aux = moe_aux_loss(self)  # None without mixture-of-experts layers
+            if aux is not None:
+                loss = loss + self.config.router_aux_loss_coef * aux
         return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=cache)
 
 

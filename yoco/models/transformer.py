@@ -4,6 +4,7 @@ from torch import nn
 
 from yoco.cache import GrowingKV, TransformerCache
 from yoco.layers.block import DecoderLayer
+from yoco.layers.differential_attention import kv_cache_shape
 from yoco.layers.parts import make_mlp, make_self_attention
 from yoco.models.base import CausalLM, DecoderBackbone, DecoderConfig, last_positions
 
@@ -31,12 +32,9 @@ class TransformerModel(DecoderBackbone):
         return last_positions(x, keep_last)
 
     def new_cache(self, batch_size: int, capacity: int, dtype, device) -> TransformerCache:
-        config = self.config
+        kv_heads, kv_dim = kv_cache_shape(self.config)  # differential attention packs K/V in pairs
         return TransformerCache(
-            [
-                GrowingKV(batch_size, config.num_key_value_heads, config.head_dim, dtype, device, capacity)
-                for _ in self.layers
-            ]
+            [GrowingKV(batch_size, kv_heads, kv_dim, dtype, device, capacity) for _ in self.layers]
         )
 
 

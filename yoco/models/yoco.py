@@ -3,7 +3,8 @@
     tokens -> embedding
            -> self-decoder: num_self_decoder_layers blocks whose mixer has constant-size state
               (sliding-window attention "swa", gated retention "gret", RetNet's multi-scale
-              retention "retention")
+              retention "retention"), or LongNet's dilated attention "dilated" (its cache
+              grows, see yoco.layers.dilated_attention)
            -> SharedKV: norm + one K/V projection (rotary on K)       <- the only cache that grows
            -> cross-decoder: the remaining blocks, each attending causally to that one K/V
            -> norm -> LM head
@@ -13,18 +14,23 @@ The cross-decoder's input is the self-decoder's output. Embeddings are *not* sca
 in their bodies.
 """
 
+from dataclasses import field
+
 from huggingface_hub.dataclasses import strict
 from torch import nn
 
 from yoco.cache import GrowingKV, RecurrentState, WindowKV, YocoCache
 from yoco.layers.block import DecoderLayer
 from yoco.layers.cross_attention import SharedKV
+from yoco.layers.differential_attention import DiffSharedKV, kv_cache_shape
+from yoco.layers.dilated_attention import DilatedAttention
 from yoco.layers.gated_retention import GatedRetention
 from yoco.layers.parts import make_cross_attention, make_mlp, make_self_attention
 from yoco.layers.retention import MultiScaleRetention
 from yoco.models.base import CausalLM, DecoderBackbone, DecoderConfig, last_positions
+from yoco.ops.dilated_attention import check_patterns
 
-SELF_DECODERS = ("swa", "gret", "retention")
+SELF_DECODERS = ("swa", "gret", "retention", "dilated")
 RECURRENT_SELF_DECODERS = ("gret", "retention")  # constant-size state: RecurrentState
 
 
@@ -36,6 +42,9 @@ class YocoConfig(DecoderConfig):
     sliding_window: int = 1024
     num_self_decoder_layers: int | None = None
     gret_chunk_size: int = 64
+    # LongNet dilated attention (self_decoder="dilated"): one (segment, ratio) per pattern.
+    dilated_segments: list[int] = field(default_factory=lambda: [64, 256, 1024])
+    dilated_ratios: list[int] = field(default_factory=lambda: [1, 4, 16])
 
     def __post_init__(self, **kwargs):
         if self.num_self_decoder_layers is None:
@@ -55,6 +64,11 @@ class YocoConfig(DecoderConfig):
             )
         if self.gret_chunk_size < 1:
             raise ValueError(f"gret_chunk_size must be >= 1, got {self.gret_chunk_size}")
+        check_patterns(self.dilated_segments, self.dilated_ratios, ("dilated_segments", "dilated_ratios"))
+        if self.self_decoder == "dilated" and self.attention_type != "softmax":
+            raise ValueError(
+                f"self_decoder 'dilated' needs attention_type 'softmax', got {self.attention_type!r}"
+            )
 
     @property
     def num_cross_decoder_layers(self) -> int:
@@ -65,6 +79,14 @@ def self_decoder_mixer(config: YocoConfig, layer_index: int) -> tuple[str, nn.Mo
     """The self-decoder's token mixer and the attribute name it is stored under."""
     if config.self_decoder == "swa":
         return "self_attn", make_self_attention(config, layer_index, window=config.sliding_window)
+    if config.self_decoder == "dilated":
+        return "self_attn", DilatedAttention(
+            config.hidden_size,
+            config.num_attention_heads,
+            config.num_key_value_heads,
+            config.dilated_segments,
+            config.dilated_ratios,
+        )
     retention = GatedRetention if config.self_decoder == "gret" else MultiScaleRetention
     return "retention", retention(
         config.hidden_size,
@@ -83,7 +105,9 @@ class YocoModel(DecoderBackbone):
         for i in range(config.num_self_decoder_layers):
             name, mixer = self_decoder_mixer(config, i)
             self.self_decoder.append(DecoderLayer(mixer, make_mlp(config), mixer_name=name, **block))
-        self.shared_kv = SharedKV(
+        # Differential cross-attention ("Diff-YOCO") reads the same projections packed in pairs.
+        shared_kv = DiffSharedKV if config.attention_type == "differential" else SharedKV
+        self.shared_kv = shared_kv(
             config.hidden_size, config.num_key_value_heads, config.head_dim, config.rms_norm_eps
         )
         self.cross_decoder = nn.ModuleList(
@@ -115,16 +139,23 @@ class YocoModel(DecoderBackbone):
 
     def new_cache(self, batch_size: int, capacity: int, dtype, device) -> YocoCache:
         config = self.config
+        kv_heads, kv_dim = kv_cache_shape(config)  # differential attention packs K/V in pairs
         if config.self_decoder == "swa":
             states = [
                 WindowKV(
                     batch_size,
-                    config.num_key_value_heads,
-                    config.head_dim,
+                    kv_heads,
+                    kv_dim,
                     config.sliding_window,
                     dtype,
                     device,
                 )
+                for _ in self.self_decoder
+            ]
+        elif config.self_decoder == "dilated":
+            # Simple and correct: every key is kept (only the current segments are read).
+            states = [
+                GrowingKV(batch_size, config.num_key_value_heads, config.head_dim, dtype, device, capacity)
                 for _ in self.self_decoder
             ]
         elif config.self_decoder in RECURRENT_SELF_DECODERS:
@@ -132,7 +163,7 @@ class YocoModel(DecoderBackbone):
                 RecurrentState(batch_size, config.num_attention_heads, config.head_dim, device)
                 for _ in self.self_decoder
             ]
-        shared = GrowingKV(batch_size, config.num_key_value_heads, config.head_dim, dtype, device, capacity)
+        shared = GrowingKV(batch_size, kv_heads, kv_dim, dtype, device, capacity)
         return YocoCache(states, shared)
 
 

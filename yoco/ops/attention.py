@@ -30,26 +30,31 @@ def causal_mask(n_queries: int, n_keys: int, device: torch.device) -> torch.Tens
 
 
 def causal_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None = None
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_mask: torch.Tensor | None = None,
+    scale: float | None = None,
 ) -> torch.Tensor:
     """Causal GQA attention; returns (B, H, Nq, d).
 
     ``key_mask`` (B, 1, 1, Nk), True on real keys, hides the unused tail of rows that are
-    shorter than others in a batch (only for one-query decoding steps).
+    shorter than others in a batch (only for one-query decoding steps). ``scale`` replaces the
+    default 1/√d (differential attention zero-pads its queries to twice their width).
     """
     n_q, n_k = q.shape[-2], k.shape[-2]
     gqa = q.shape[1] != k.shape[1]
     if key_mask is not None:
         if n_q != 1:
             raise ValueError("rows of unequal length can only take one-token steps")
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, enable_gqa=gqa)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, scale=scale, enable_gqa=gqa)
     if n_q == n_k:
         # No explicit mask: SDPA then takes its fused causal kernel on CPU.
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
     if n_q == 1:
-        return F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
+        return F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=gqa)
     mask = causal_mask(n_q, n_k, q.device)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
 
 
 def attention_reference(

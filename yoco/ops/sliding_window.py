@@ -50,8 +50,9 @@ def sliding_window_attention(
     k_prefix: torch.Tensor | None = None,
     v_prefix: torch.Tensor | None = None,
     block: int | None = None,
+    scale: float | None = None,
 ) -> torch.Tensor:
-    """Blocked sliding-window attention; returns (B, H, N, d)."""
+    """Blocked sliding-window attention; returns (B, H, N, d). ``scale`` replaces 1/√d."""
     if window < 1:
         raise ValueError(f"window must be >= 1, got {window}")
     n = q.shape[2]
@@ -66,19 +67,30 @@ def sliding_window_attention(
     if head:
         parts.append(
             causal_attention(
-                q[:, :, :head], keys[:, :, : prefix_len + head], values[:, :, : prefix_len + head]
+                q[:, :, :head],
+                keys[:, :, : prefix_len + head],
+                values[:, :, : prefix_len + head],
+                scale=scale,
             )
         )
     if head < n:
         parts.append(
             _banded(
-                q[:, :, head:], keys, values, window, first_key=prefix_len + head - (window - 1), block=block
+                q[:, :, head:],
+                keys,
+                values,
+                window,
+                first_key=prefix_len + head - (window - 1),
+                block=block,
+                scale=scale,
             )
         )
     return torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
 
 
-def _banded(q, keys, values, window: int, first_key: int, block: int | None) -> torch.Tensor:
+def _banded(
+    q, keys, values, window: int, first_key: int, block: int | None, scale: float | None
+) -> torch.Tensor:
     """Queries whose windows lie wholly inside ``keys``: query i sees keys
     ``first_key + i .. first_key + i + W - 1``. Blocks of queries share one band mask."""
     b, h, n, d = q.shape
@@ -108,6 +120,8 @@ def _banded(q, keys, values, window: int, first_key: int, block: int | None) -> 
     a = torch.arange(blk, device=q.device)[:, None]
     c = torch.arange(span, device=q.device)[None, :]
     band = (c >= a) & (c <= a + window - 1)  # (blk, span): query a of a block sees slots a .. a+W-1
-    out = F.scaled_dot_product_attention(q_blocks, k_blocks, v_blocks, attn_mask=band, enable_gqa=h != h_kv)
+    out = F.scaled_dot_product_attention(
+        q_blocks, k_blocks, v_blocks, attn_mask=band, scale=scale, enable_gqa=h != h_kv
+    )
     out = out.view(b, n_blocks, h, blk, d).transpose(1, 2).reshape(b, h, n_blocks * blk, d)
     return out[:, :, :n]

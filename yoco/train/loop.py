@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 import yoco
 from yoco.layers.block import DecoderLayer
+from yoco.layers.moe import expert_statistics
 from yoco.tokenizer import load_tokenizer
 from yoco.train import checkpoint as ckpt
 from yoco.train import distributed
@@ -278,6 +279,8 @@ def _train(cfg: RunConfig, out: Path, resume: bool, stop_at: int | None, show_pr
             "tokens_per_s": tokens_per_step / elapsed,
             "tokens": step * tokens_per_step,
         }
+        # Expert activation of the step's last micro-batch (this process's share); {} without MoE.
+        record.update(expert_statistics(model))
         if val_batches and (step % cfg.eval.every == 0 or step == last_step):
             last_val = evaluate(wrapped, val_batches, forward_loss, d)
             record["val_loss"] = last_val

@@ -1,0 +1,305 @@
+"""Mixture-of-experts feed-forwards: the sparse dispatch against the dense reference, routing per
+position, the load-balancing loss against its formula, the MH-MoE parity sizing, and whole
+models (cached decoding, loss with the aux term, training, expert statistics in the logs)."""
+
+import json
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import yoco
+from tests.conftest import MODEL_KINDS, tiny_model
+from tests.train.conftest import tiny_config
+from yoco.layers.moe import MHMoE, MoE, expert_statistics, mhmoe_intermediate_size, moe_reference
+from yoco.models.base import DecoderConfig, causal_lm_loss
+from yoco.train.loop import train
+
+# (experts, top k): k = 1, k = E, and the usual in between; E = 1 is a dense SwiGLU.
+ROUTINGS = [(1, 1), (4, 1), (4, 2), (4, 4), (8, 2)]
+SHAPES = [(1, 1), (2, 7), (3, 33)]
+
+
+def make_ffn(kind: str, experts: int, top_k: int, hidden: int = 32, heads: int = 2):
+    torch.manual_seed(0)
+    if kind == "moe":
+        return MoE(hidden, 48, experts, top_k)
+    return MHMoE(hidden, 48, experts, top_k, heads)
+
+
+def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max())
+
+
+@pytest.mark.parametrize("kind", ["moe", "mhmoe"])
+@pytest.mark.parametrize("experts, top_k", ROUTINGS)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_sparse_dispatch_equals_the_dense_reference(kind, experts, top_k, shape):
+    ffn = make_ffn(kind, experts, top_k)
+    x = torch.randn(*shape, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert max_diff(ffn(x), moe_reference(ffn, x)) <= 1e-6
+
+
+@pytest.mark.parametrize("kind", ["moe", "mhmoe"])
+def test_sparse_dispatch_has_the_reference_gradients(kind):
+    ffn = make_ffn(kind, 4, 2)
+    x = torch.randn(2, 9, 32, generator=torch.Generator().manual_seed(2))
+    sparse = torch.autograd.grad(ffn(x).square().sum(), list(ffn.parameters()))
+    dense = torch.autograd.grad(moe_reference(ffn, x).square().sum(), list(ffn.parameters()))
+    for got, expected in zip(sparse, dense, strict=True):
+        assert max_diff(got, expected) <= 1e-5
+
+
+@pytest.mark.parametrize("kind", ["moe", "mhmoe"])
+def test_routing_is_per_position(kind):
+    ffn = make_ffn(kind, 4, 2)
+    x = torch.randn(2, 10, 32, generator=torch.Generator().manual_seed(3))
+    changed = x.clone()
+    changed[:, 4] = torch.randn(2, 32, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        before, after = ffn(x), ffn(changed)
+    others = [i for i in range(10) if i != 4]
+    assert max_diff(before[:, others], after[:, others]) <= 1e-6
+    assert max_diff(before[:, 4], after[:, 4]) > 1e-3
+
+
+def routed_by(probabilities: list[list[float]], top_k: int) -> MoE:
+    """A MoE whose router probabilities for input rows log(p) are exactly p (identity router)."""
+    experts = len(probabilities[0])
+    moe = MoE(experts, 8, experts, top_k)
+    with torch.no_grad():
+        moe.router.weight.copy_(torch.eye(experts))
+        moe(torch.tensor(probabilities).log())
+    return moe
+
+
+def test_aux_loss_is_the_switch_formula():
+    # Top 2 of each row: {0, 1}, {1, 2}, {0, 3} -> counts (2, 2, 1, 1) of 6 slots;
+    # mean probabilities (1.0, 1.0, 0.5, 0.5) / 3. E * sum f * P = 4 * (2/9 + 1/18) = 10/9.
+    moe = routed_by([[0.4, 0.3, 0.2, 0.1], [0.1, 0.6, 0.2, 0.1], [0.5, 0.1, 0.1, 0.3]], top_k=2)
+    assert moe.expert_counts.tolist() == [2, 2, 1, 1]
+    assert abs(float(moe.aux_loss) - 10 / 9) < 1e-6
+    # Everything on expert 0 with probability 0.7: f = (1, 0, 0, 0), loss = 4 * 0.7.
+    collapsed = routed_by([[0.7, 0.1, 0.1, 0.1]] * 5, top_k=1)
+    assert abs(float(collapsed.aux_loss) - 2.8) < 1e-6
+
+
+@pytest.mark.parametrize("top_k", [1, 2, 4])
+def test_uniform_routing_gives_aux_loss_one(top_k):
+    # Each token is sure of a different expert: f_e = P_e = 1/E.
+    balanced = routed_by([[0.97 if e == t else 0.01 for e in range(4)] for t in range(4)], top_k=1)
+    assert abs(float(balanced.aux_loss) - 1.0) < 1e-6
+    uniform = routed_by([[0.25] * 4] * 6, top_k=top_k)
+    assert abs(float(uniform.aux_loss) - 1.0) < 1e-6
+
+
+def test_the_aux_loss_trains_the_router():
+    moe = make_ffn("moe", 4, 2)
+    moe(torch.randn(5, 32))
+    moe.aux_loss.backward()
+    assert moe.router.weight.grad.abs().max() > 0
+
+
+def test_mhmoe_v2_sizing_is_the_papers_relation():
+    # The paper's d_mhmoe = d_moe - d/k for its two-matrix FFN experts ...
+    for d, d_moe, k in [(512, 1376, 2), (768, 3072, 1), (1024, 2048, 4)]:
+        assert mhmoe_intermediate_size(d, d_moe, k, matrices_per_expert=2) == d_moe - d // k
+    # ... and the same balance for our three-matrix SwiGLU experts: d_moe - 2d/(3k), rounded.
+    assert mhmoe_intermediate_size(512, 1376, 2) == round(1376 - 1024 / 6) == 1205
+    with pytest.raises(ValueError, match="no expert width"):
+        mhmoe_intermediate_size(512, 100, 1)
+
+
+def routed_flops(ffn, tokens: int, hidden: int) -> tuple[int, int]:
+    """Measured matrix-product FLOPs of one forward over ``tokens``: (all, router only)."""
+    router = ffn.router if isinstance(ffn, MoE) else ffn.moe.router
+    seen = []
+    hook = router.register_forward_hook(lambda m, a, o: seen.append(2 * a[0].shape[0] * m.weight.numel()))
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        ffn(torch.randn(tokens, hidden))
+    hook.remove()
+    return counter.get_total_flops(), sum(seen)
+
+
+@pytest.mark.parametrize(
+    "d, d_moe, experts, top_k, heads", [(32, 64, 4, 2, 2), (512, 1376, 8, 2, 4), (96, 256, 4, 1, 3)]
+)
+def test_mhmoe_has_the_flops_and_about_the_parameters_of_the_moe(d, d_moe, experts, top_k, heads):
+    torch.manual_seed(0)
+    moe, mh = MoE(d, d_moe, experts, top_k), MHMoE(d, d_moe, experts, top_k, heads)
+    tokens = 16
+    moe_all, moe_router = routed_flops(moe, tokens, d)
+    mh_all, mh_router = routed_flops(mh, tokens, d)
+    # FLOPs outside the routers: equal but for rounding d' to an integer (at most 1/2 per
+    # expert column, 3 matrices, k experts, d/h rows, h sub-tokens, 2 FLOPs per multiply-add).
+    assert abs((mh_all - mh_router) - (moe_all - moe_router)) <= tokens * 2 * 3 * top_k * d * 0.5
+    assert abs(mh_all - moe_all) / moe_all < 0.02
+    # Parameters: h·E experts of width d/h hold what E experts of width d hold, less the
+    # 2·d²·(E/k − 1) that paid for the head and merge layers (plus rounding), and routers.
+    d_prime = mhmoe_intermediate_size(d, d_moe, top_k)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(mh) == 3 * experts * d * d_prime + 2 * d * d + d * experts
+    assert count(moe) == 3 * experts * d * d_moe + d * experts
+    exact = 3 * experts * d * d_moe - 2 * d * d * (experts / top_k - 1) + d * experts
+    assert abs(count(mh) - exact) <= 3 * experts * d * 0.5
+    # Relative to the MoE that is 2d(E/k − 1) / (3E·d_moe) < 2d / (3k·d_moe): 9% for the default
+    # config (512, 1376, 8, 2), 19% for top-1 here.
+    assert abs(count(mh) - count(moe)) / count(moe) < 2 * d / (3 * top_k * d_moe)
+
+
+def test_the_default_config_sizes_are_as_documented():
+    config = DecoderConfig(ffn_type="mhmoe")
+    d, d_moe, k = config.hidden_size, config.intermediate_size, config.num_experts_per_tok
+    assert mhmoe_intermediate_size(d, d_moe, k) == 1205
+
+
+FFNS = [("moe", {"num_experts": 4}), ("mhmoe", {"num_experts": 4, "mhmoe_heads": 2})]
+
+
+def ffn_id(ffn) -> str:
+    return ffn[0]
+
+
+@pytest.mark.parametrize("ffn", FFNS, ids=ffn_id)
+def test_every_block_of_every_model_takes_the_moe(ffn):
+    ffn_type, fields = ffn
+    for kind in MODEL_KINDS:
+        model = tiny_model(kind, ffn_type=ffn_type, **fields)
+        blocks = [m for m in model.modules() if hasattr(m, "post_attention_layernorm")]
+        expected = MoE if ffn_type == "moe" else MHMoE
+        assert blocks and all(isinstance(b.mlp, expected) for b in blocks), kind
+
+
+@pytest.mark.parametrize("kind", ["transformer", "yoco-swa"])
+@pytest.mark.parametrize("ffn", FFNS, ids=ffn_id)
+def test_cached_prefill_and_steps_equal_the_full_forward(kind, ffn):
+    ffn_type, fields = ffn
+    model = tiny_model(kind, ffn_type=ffn_type, **fields)
+    ids = torch.randint(0, 99, (2, 30), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        full = model(ids).logits
+        cache = model.new_cache(2, 0)
+        pieces = [model(ids[:, :13], past_key_values=cache).logits]  # chunked prefill
+        pieces += [model(ids[:, 13:20], past_key_values=cache).logits]
+        pieces += [model(ids[:, i : i + 1], past_key_values=cache).logits for i in range(20, 30)]  # steps
+    torch.testing.assert_close(torch.cat(pieces, 1), full, rtol=1e-4, atol=1e-4)
+    prompt = ids[0, :12].tolist()
+    expected = greedy_by_full_forward(model, prompt, 6)
+    assert yoco.generate(model, [prompt], 6)[0] == expected
+
+
+@torch.no_grad()
+def greedy_by_full_forward(model, prompt: list[int], new_tokens: int) -> list[int]:
+    ids = list(prompt)
+    for _ in range(new_tokens):
+        ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
+    return ids[len(prompt) :]
+
+
+@pytest.mark.parametrize("kind", ["transformer", "yoco-swa"])
+@pytest.mark.parametrize("ffn", FFNS, ids=ffn_id)
+def test_the_loss_includes_the_aux_term(kind, ffn):
+    ffn_type, fields = ffn
+    model = tiny_model(kind, ffn_type=ffn_type, router_aux_loss_coef=0.5, **fields)
+    ids = torch.randint(0, 99, (2, 20), generator=torch.Generator().manual_seed(0))
+    out = model(ids, labels=ids)
+    aux = [m.aux_loss for m in model.modules() if isinstance(m, MoE)]
+    assert len(aux) == model.config.num_hidden_layers
+    expected = causal_lm_loss(out.logits, ids) + 0.5 * sum(aux)
+    assert abs(out.loss.item() - expected.item()) < 1e-6 and sum(aux).item() > 0
+    out.loss.backward()  # the aux term reaches every router
+    assert all(m.router.weight.grad.abs().max() > 0 for m in model.modules() if isinstance(m, MoE))
+
+
+@pytest.mark.parametrize("kind", ["transformer", "yoco-swa"])
+@pytest.mark.parametrize("ffn", FFNS, ids=ffn_id)
+def test_a_short_training_run_lowers_the_loss(kind, ffn):
+    ffn_type, fields = ffn
+    model = tiny_model(kind, ffn_type=ffn_type, **fields).train()
+    ids = torch.arange(64).remainder(11).repeat(4, 1)  # a repeating pattern, learnable quickly
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(40):
+        loss = model(ids, labels=ids).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_expert_statistics_summarise_the_last_forward():
+    model = tiny_model("transformer", ffn_type="moe", num_experts=4)
+    assert expert_statistics(model) == {}  # nothing routed yet
+    with torch.no_grad():
+        model(torch.randint(0, 99, (2, 16)))
+    stats = expert_statistics(model)
+    for i in range(4):
+        counts = model.model.layers[i].mlp.expert_counts.float()
+        assert stats[f"moe_imbalance/{i}"] == pytest.approx(float(counts.max() / counts.mean()))
+        assert int(counts.sum()) == 2 * 16 * 2  # every token's k slots
+    assert 1.0 <= stats["moe_imbalance_max"] <= 4.0 and stats["moe_aux_loss"] > 0
+    assert expert_statistics(tiny_model("transformer")) == {}
+
+
+@pytest.fixture
+def small_corpus(tmp_path):
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    for i in range(30):
+        (texts / f"doc{i:02d}.txt").write_text(f"def function_{i}(x):\n    return x * {i} + {i * 7}\n" * 3)
+    lines = tmp_path / "records.jsonl"
+    lines.write_text(
+        "\n".join(json.dumps({"text": f"record {i}: " + "abc " * (i % 5 + 1)}) for i in range(40))
+    )
+    return texts, lines
+
+
+def moe_run_config(corpus, steps: int):
+    return tiny_config(
+        corpus,
+        **{
+            "train.max_steps": steps,
+            "model.ffn_type": '"moe"',
+            "model.num_experts": 4,
+            "eval.every": 100,
+            "eval.batches": 1,
+        },
+    )
+
+
+def records_of(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_the_training_loop_logs_expert_statistics(small_corpus, tmp_path):
+    train(moe_run_config(small_corpus, 3), tmp_path / "run", show_progress=False)
+    records = records_of(tmp_path / "run")
+    assert [r["step"] for r in records] == [1, 2, 3]
+    for record in records:  # tiny yoco: one self-decoder and one cross-decoder block
+        for key in (
+            "moe_imbalance/0",
+            "moe_imbalance/1",
+            "moe_unused/0",
+            "moe_imbalance_max",
+            "moe_aux_loss",
+        ):
+            assert key in record, key
+        assert 1.0 <= record["moe_imbalance_max"] <= 4.0 and record["moe_aux_loss"] > 0
+
+
+def test_moe_runs_resume_exactly(small_corpus, tmp_path):
+    config = moe_run_config(small_corpus, 4)
+    train(config, tmp_path / "straight", show_progress=False)
+    train(config, tmp_path / "split", stop_at=2, show_progress=False)
+    train(config, tmp_path / "split", resume=True, show_progress=False)
+
+    def without_timing(run):
+        # (a run stopped early also validates at its last step)
+        return [
+            {k: v for k, v in r.items() if k not in ("tokens_per_s", "val_loss")}
+            for r in records_of(tmp_path / run)
+        ]
+
+    assert without_timing("split") == without_timing("straight")  # identical, expert statistics too
