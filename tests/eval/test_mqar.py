@@ -1,5 +1,6 @@
 """MQAR data invariants and a short training smoke run."""
 
+import pytest
 import torch
 
 from yoco.eval.mqar import (
@@ -45,7 +46,7 @@ def test_recall_accuracy_counts_query_positions_only():
 
 
 def test_every_recall_model_builds_and_a_transformer_learns_a_little():
-    for kind in ("yoco-swa", "yoco-gret", "swa-only", "gret-only", "transformer"):
+    for kind in ("yoco-swa", "yoco-gret", "swa-only", "gret-only", "transformer", "yoco-swa+diff+mhmoe"):
         model = build_recall_model(kind, 64, 32, window=8)
         assert model.hidden_states(torch.randint(0, 64, (2, 24))).shape == (2, 24, 32)
     result = train_recall(
@@ -77,3 +78,12 @@ def test_mqar_command_keeps_finished_rows_and_writes_the_table(tmp_path):
     assert "| transformer | 16 |" in doc.read_text() and "yoco eval mqar --grid 32:2" in doc.read_text()
     main(options)  # the same grid again: the finished row is reused, not retrained
     assert (tmp_path / "run" / "mqar.jsonl").read_text() == first
+
+
+def test_part_suffixes_swap_parts_in_and_unknown_ones_are_refused():
+    model = build_recall_model("yoco-gret+diff+mhmoe", 64, 32, window=8).model
+    assert model.config.attention_type == "differential" and model.config.ffn_type == "mhmoe"
+    with pytest.raises(ValueError, match="unknown part suffix"):
+        build_recall_model("yoco-gret+mamba", 64, 32)
+    with pytest.raises(ValueError, match="causal-LM kinds"):
+        build_recall_model("swa-only+diff", 64, 32)

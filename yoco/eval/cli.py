@@ -96,7 +96,10 @@ def main(argv: list[str] | None = None) -> None:
 
     mqar = sub.add_parser("mqar", help="train small models on MQAR from scratch and report recall")
     mqar.add_argument(
-        "--models", nargs="+", default=["yoco-swa", "yoco-gret", "swa-only", "gret-only", "transformer"]
+        "--models",
+        nargs="+",
+        default=["yoco-swa", "yoco-gret", "swa-only", "gret-only", "transformer"],
+        help="model kinds; append +diff, +moe or +mhmoe to swap in a part (e.g. yoco-swa+diff)",
     )
     mqar.add_argument("--widths", type=int, nargs="+", default=[64, 128])
     mqar.add_argument(

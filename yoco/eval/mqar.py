@@ -63,6 +63,12 @@ def recall_accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
 # Training small models from scratch on MQAR (`yoco eval mqar`, benchmarks/recall.py).
 
 MODELS = ("yoco-swa", "yoco-gret", "swa-only", "gret-only", "transformer")
+# Suffixes that swap a part into the causal-LM kinds, e.g. "yoco-swa+diff" (Diff-YOCO).
+VARIANTS = {
+    "diff": {"attention_type": "differential"},
+    "moe": {"ffn_type": "moe", "num_experts": 4, "num_experts_per_tok": 2},
+    "mhmoe": {"ffn_type": "mhmoe", "num_experts": 4, "num_experts_per_tok": 2, "mhmoe_heads": 2},
+}
 
 
 class MixerOnlyLM(torch.nn.Module):
@@ -106,8 +112,14 @@ class MixerOnlyLM(torch.nn.Module):
 def build_recall_model(
     kind: str, vocab_size: int, hidden: int, layers: int = 2, heads: int = 2, window: int = 32
 ):
-    if kind in ("swa-only", "gret-only"):
-        return MixerOnlyLM(kind.removesuffix("-only"), vocab_size, hidden, layers, heads, window)
+    base, *variants = kind.split("+")
+    if base in ("swa-only", "gret-only"):
+        if variants:
+            raise ValueError(f"{kind}: part suffixes apply to the causal-LM kinds only")
+        return MixerOnlyLM(base.removesuffix("-only"), vocab_size, hidden, layers, heads, window)
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"{kind}: unknown part suffix {unknown[0]!r}, choose from {sorted(VARIANTS)}")
     fields = dict(
         vocab_size=vocab_size,
         hidden_size=hidden,
@@ -116,7 +128,9 @@ def build_recall_model(
         num_attention_heads=heads,
         max_position_embeddings=4096,
     )
-    return _RecallWrapper(build_causal_lm(kind, {"sliding_window": window}, **fields))
+    for variant in variants:
+        fields.update(VARIANTS[variant])
+    return _RecallWrapper(build_causal_lm(base, {"sliding_window": window}, **fields))
 
 
 class _RecallWrapper(torch.nn.Module):
