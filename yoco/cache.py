@@ -304,7 +304,9 @@ class RecurrentCache(ModelCache):
 class YocoCache(ModelCache):
     def __init__(self, self_decoder: list, shared_kv: GrowingKV):
         super().__init__()
-        self.self_decoder = self_decoder  # one WindowKV or RecurrentState per self-decoder layer
+        # One store per self-decoder layer: WindowKV (SWA), RecurrentState (gRet, retention) or
+        # GrowingKV (dilated attention).
+        self.self_decoder = self_decoder
         self.shared_kv = shared_kv  # the one global cache every cross-decoder layer reads
 
     def stores(self) -> list:
