@@ -164,3 +164,12 @@ def _to_toml(tree: dict) -> str:
         f"[{section}]\n" + "\n".join(f"{k} = {value(v)}" for k, v in body.items())
         for section, body in tree.items()
     )
+
+
+def test_a_retnet_trains_and_its_checkpoint_loads(corpus, tmp_path):
+    config = tiny_config(corpus, **{"train.max_steps": 4})
+    del config.model["self_decoder"]  # a YOCO field
+    config.model["architecture"] = "retnet"
+    train(config, tmp_path / "run", show_progress=False)
+    model = AutoModelForCausalLM.from_pretrained(ckpt.latest_checkpoint(tmp_path / "run" / "checkpoints"))
+    assert type(model).__name__ == "RetNetForCausalLM"

@@ -3,8 +3,11 @@
 The three models share hidden size, depth, heads and vocabulary; each YOCO's feed-forward
 width is chosen so that its non-embedding parameter count matches the Transformer's (YOCO's
 cross-decoder layers have no K/V projections of their own, gRet layers have a gate and a
-decay projection more). All three train for the same number of steps on the same sequences of
+decay projection more). All train for the same number of steps on the same sequences of
 the embedded corpus (the data order depends only on the seed), then report validation loss.
+Two part variants can join (``--systems``): Diff-YOCO-SWA (differential attention, matched
+the same way) and YOCO-gRet with MH-MoE (matched on activated FFN compute instead, since a
+mixture of experts holds more parameters than it uses per token).
 """
 
 import argparse
@@ -18,12 +21,21 @@ from yoco.train.config import load_config
 from yoco.train.loop import build_model, train
 from yoco.train.plot import plot_run, read_metrics
 
+MOE = {"ffn_type": "mhmoe", "num_experts": 4, "num_experts_per_tok": 2, "mhmoe_heads": 2}
 SYSTEMS = {
     "transformer": {"architecture": "transformer"},
     "yoco-swa": {"architecture": "yoco", "self_decoder": "swa"},
     "yoco-gret": {"architecture": "yoco", "self_decoder": "gret"},
+    "diff-yoco-swa": {"architecture": "yoco", "self_decoder": "swa", "attention_type": "differential"},
+    "yoco-gret-mhmoe": {"architecture": "yoco", "self_decoder": "gret", **MOE},
 }
-LABELS = {"transformer": "Transformer", "yoco-swa": "YOCO-SWA", "yoco-gret": "YOCO-gRet"}
+LABELS = {
+    "transformer": "Transformer",
+    "yoco-swa": "YOCO-SWA",
+    "yoco-gret": "YOCO-gRet",
+    "diff-yoco-swa": "Diff-YOCO-SWA",
+    "yoco-gret-mhmoe": "YOCO-gRet + MH-MoE",
+}
 
 
 def non_embedding_parameters(model) -> int:
@@ -51,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=list(SYSTEMS))
+    parser.add_argument("--systems", nargs="+", default=list(SYSTEMS)[:3], choices=list(SYSTEMS))
     parser.add_argument("--out", default="runs/lm_quality")
     parser.add_argument(
         "--benchmarks-md", help="write the results into this Markdown file's lm_quality section"
@@ -71,10 +83,17 @@ def main(argv: list[str] | None = None) -> dict:
     results, runs = {}, {}
     for system in args.systems:
         fields = {**SYSTEMS[system], **shape}
-        if system == "yoco-swa":
+        if fields.get("self_decoder") == "swa":
             fields["sliding_window"] = args.window
         if system == "transformer":
             fields["intermediate_size"] = args.intermediate_size
+        elif "ffn_type" in fields:
+            # Mixture of experts: equal *activated* FFN compute, not equal parameters: the
+            # dense width matched as for the others, split over the k experts a token uses
+            # (MH-MoE then applies its own parity sizing to this width).
+            dense = {k: v for k, v in fields.items() if k not in MOE}
+            width = matched_intermediate(dense, target, vocab) / fields["num_experts_per_tok"]
+            fields["intermediate_size"] = 8 * round(width / 8)
         else:
             fields["intermediate_size"] = matched_intermediate(fields, target, vocab)
         params = non_embedding_parameters(build_model(fields, vocab))

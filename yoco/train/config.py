@@ -2,8 +2,8 @@
 
 Every section is a dataclass; an unknown key or a value of the wrong type is an error naming
 ``section.key``. ``--set section.key=value`` overrides a value (parsed as TOML, else a string).
-The ``[model]`` section takes any field of ``YocoConfig`` / ``TransformerConfig`` plus
-``architecture``.
+The ``[model]`` section takes any field of ``YocoConfig`` / ``TransformerConfig`` /
+``RetNetConfig`` plus ``architecture`` (``yoco``, ``transformer`` or ``retnet``).
 """
 
 import dataclasses

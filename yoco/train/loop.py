@@ -27,6 +27,7 @@ from yoco.train.data import build_data
 ARCHITECTURES = {
     "yoco": (yoco.YocoConfig, yoco.YocoForCausalLM),
     "transformer": (yoco.TransformerConfig, yoco.TransformerForCausalLM),
+    "retnet": (yoco.RetNetConfig, yoco.RetNetForCausalLM),
 }
 
 
