@@ -34,6 +34,23 @@ def tiny_model(kind: str, **overrides) -> torch.nn.Module:
     return build_causal_lm(kind, options, **fields).eval()
 
 
+def train_briefly(
+    model: torch.nn.Module, ids: torch.Tensor, steps: int = 40, lr: float = 3e-3
+) -> list[float]:
+    """AdamW on one fixed batch (its own labels); the loss before each step. Leaves the gradients
+    of the last step in place."""
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = model(ids, labels=ids).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
 @pytest.fixture(params=MODEL_KINDS)
 def model_kind(request) -> str:
     return request.param

@@ -8,7 +8,7 @@ import torch
 from transformers import DiffLlamaConfig, DiffLlamaForCausalLM
 
 import yoco
-from tests.conftest import TINY, tiny_model
+from tests.conftest import TINY, tiny_model, train_briefly
 from yoco.layers.differential_attention import (
     DiffCrossAttention,
     DiffSelfAttention,
@@ -204,16 +204,8 @@ def test_bf16_cached_logits_track_fp32(kind):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_training_lowers_the_loss(kind):
-    model = tiny_model(kind, attention_type="differential").train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    ids = torch.tensor([[3, 14, 15, 92, 65, 35, 89, 79] * 4])
-    losses = []
-    for _ in range(40):
-        loss = model(ids, labels=ids).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    model = tiny_model(kind, attention_type="differential")
+    losses = train_briefly(model, torch.tensor([[3, 14, 15, 92, 65, 35, 89, 79] * 4]))
     assert all(
         p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "lambda" in n
     )

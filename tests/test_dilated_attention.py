@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import yoco
-from tests.conftest import tiny_model
+from tests.conftest import tiny_model, train_briefly
 from tests.test_inference import greedy_by_full_forward, prompt_of
 from yoco.ops.attention import causal_attention, repeat_kv
 from yoco.ops.dilated_attention import (
@@ -183,15 +183,7 @@ def test_batch_of_unequal_prompts_equals_single_runs():
 
 
 def test_training_reduces_the_loss():
-    model = dilated_model().train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     ids = torch.tensor([[5, 17, 42, 8, 33, 71, 2, 64] * 5] * 2)  # a short repeating sequence
-    losses = []
-    for _ in range(40):
-        loss = model(ids, labels=ids).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = train_briefly(dilated_model(), ids)
     assert all(math.isfinite(x) for x in losses)
     assert losses[-1] < 0.7 * losses[0], losses

@@ -9,7 +9,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import yoco
-from tests.conftest import MODEL_KINDS, tiny_model
+from tests.conftest import MODEL_KINDS, tiny_model, train_briefly
 from tests.train.conftest import tiny_config
 from yoco.layers.moe import MHMoE, MoE, expert_statistics, mhmoe_intermediate_size, moe_reference
 from yoco.models.base import DecoderConfig, causal_lm_loss
@@ -216,16 +216,9 @@ def test_the_loss_includes_the_aux_term(kind, ffn):
 @pytest.mark.parametrize("ffn", FFNS, ids=ffn_id)
 def test_a_short_training_run_lowers_the_loss(kind, ffn):
     ffn_type, fields = ffn
-    model = tiny_model(kind, ffn_type=ffn_type, **fields).train()
+    model = tiny_model(kind, ffn_type=ffn_type, **fields)
     ids = torch.arange(64).remainder(11).repeat(4, 1)  # a repeating pattern, learnable quickly
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(40):
-        loss = model(ids, labels=ids).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(float(loss.detach()))
+    losses = train_briefly(model, ids)
     assert losses[-1] < 0.7 * losses[0], losses
 
 

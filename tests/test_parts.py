@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import yoco
-from tests.conftest import tiny_model
+from tests.conftest import tiny_model, train_briefly
 from yoco.layers.rotary import RotaryEmbedding
 
 # (model kind, config overrides) for each part in a decoder.
@@ -47,16 +47,9 @@ def test_cached_chunked_prefill_and_steps_equal_the_full_forward(part):
 
 def test_a_short_training_run_lowers_the_loss(part):
     kind, overrides = part
-    model = tiny_model(kind, **overrides).train()
+    model = tiny_model(kind, **overrides)
     ids = torch.arange(64).remainder(11).repeat(4, 1)  # a repeating pattern, learnable quickly
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(40):
-        loss = model(ids, labels=ids).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(float(loss.detach()))
+    losses = train_briefly(model, ids)
     assert losses[-1] < 0.5 * losses[0], losses
 
 
