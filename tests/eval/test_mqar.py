@@ -31,6 +31,26 @@ def test_mqar_batches_keep_zoologys_invariants():
         assert (targets[row, : 2 * pairs] == IGNORE).all()
 
 
+def test_zero_gaps_leave_only_pairs_and_queries():
+    inputs, targets = mqar_batch(
+        8, 64, 4, generator=torch.Generator().manual_seed(0), random_non_queries=False
+    )
+    asked = targets != IGNORE
+    asked[:, :8] = True  # the key-value pairs
+    assert (inputs[~asked] == 0).all() and (inputs[asked] != 0).all()
+
+
+@pytest.mark.parametrize("kind", ["transformer", "yoco-swa", "swa-only"])
+def test_recall_models_tie_their_head_to_the_embedding_unless_asked_not_to(kind):
+    def head_is_embedding(model):
+        return any(
+            model.lm_head.weight is m.weight for m in model.modules() if isinstance(m, torch.nn.Embedding)
+        )
+
+    assert head_is_embedding(build_recall_model(kind, 64, 16))
+    assert not head_is_embedding(build_recall_model(kind, 64, 16, tie_embeddings=False))
+
+
 def test_mqar_is_seeded():
     a = mqar_batch(4, 64, 4, generator=torch.Generator().manual_seed(1))
     b = mqar_batch(4, 64, 4, generator=torch.Generator().manual_seed(1))

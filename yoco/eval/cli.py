@@ -40,7 +40,14 @@ def run_mqar(args, argv: list[str] | None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     done_path = out / "mqar.jsonl"
     done = [json.loads(line) for line in done_path.read_text().splitlines()] if done_path.exists() else []
-    recipe = dict(steps=args.steps, batch_size=args.batch_size, lr=args.lr, window=args.window)
+    recipe = dict(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        window=args.window,
+        tie_embeddings=not args.untied_embeddings,
+        random_non_queries=not args.zero_gaps,
+    )
     rows = []
     for setting in args.grid:
         seq_len, pairs = (int(x) for x in setting.split(":"))
@@ -67,7 +74,9 @@ def run_mqar(args, argv: list[str] | None) -> None:
         body = (
             f"Command: `{command}` ({minutes:.0f} min of training on this machine; accuracy on 512 "
             f"held-out sequences; {args.steps} steps of batch {args.batch_size}, lr {args.lr}, "
-            f"SWA window {args.window}, vocab {args.vocab_size}, 2 layers)\n\n{table}"
+            f"SWA window {args.window}, vocab {args.vocab_size}, 2 layers, "
+            f"{'untied' if args.untied_embeddings else 'tied'} embeddings, "
+            f"{'zeros' if args.zero_gaps else 'random tokens'} between queries)\n\n{table}"
         )
         update_section(Path(args.evaluation_md), "mqar", body, Path(args.evaluation_md).parent)
 
@@ -110,6 +119,14 @@ def main(argv: list[str] | None = None) -> None:
     mqar.add_argument("--batch-size", type=int, default=64)
     mqar.add_argument("--lr", type=float, default=1e-3)
     mqar.add_argument("--window", type=int, default=32, help="SWA window (below the key-query distances)")
+    mqar.add_argument(
+        "--untied-embeddings", action="store_true", help="separate LM head (default: tied to the embedding)"
+    )
+    mqar.add_argument(
+        "--zero-gaps",
+        action="store_true",
+        help="token 0 between queries (Zoology's random_non_queries=False)",
+    )
     mqar.add_argument("--out", default="runs/mqar", help="rows are appended to OUT/mqar.jsonl as they finish")
     mqar.add_argument("--evaluation-md", help="also write the table into this markdown file's mqar section")
     args = parser.parse_args(argv)
