@@ -15,6 +15,7 @@ import time
 
 import torch
 
+from yoco.generate_cli import PRESETS
 from yoco.models import build_causal_lm
 from yoco.tokenizer import BYTE_VOCAB_SIZE
 
@@ -43,16 +44,7 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.manual_seed(0)
-    model = build_causal_lm(
-        args.kind,
-        {"sliding_window": 16},
-        vocab_size=BYTE_VOCAB_SIZE,
-        hidden_size=128,
-        intermediate_size=344,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        max_position_embeddings=8192,
-    )
+    model = build_causal_lm(args.kind, {"sliding_window": 16}, **PRESETS["tiny"])  # width 128, 4 layers
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1, betas=(0.9, 0.95))
     generator = torch.Generator().manual_seed(0)
     start = time.perf_counter()

@@ -10,6 +10,8 @@ Unlike Zoology's arrays, ``targets`` here are aligned with ``inputs``: ``targets
 the model should predict *at* position i (-100 where nothing is asked).
 """
 
+import functools
+
 import torch
 
 from yoco.models import build_causal_lm
@@ -198,6 +200,13 @@ def train_recall(
 
     from yoco.train.loop import native_bf16
 
+    batch = functools.partial(
+        mqar_batch,
+        seq_len=seq_len,
+        num_pairs=num_pairs,
+        vocab_size=vocab_size,
+        random_non_queries=random_non_queries,
+    )
     torch.manual_seed(seed)
     model = build_recall_model(kind, vocab_size, hidden, window=window, tie_embeddings=tie_embeddings)
     # bf16 autocast where the CPU multiplies bf16 natively (weights and optimizer stay fp32).
@@ -207,14 +216,7 @@ def train_recall(
     train_gen = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
     for _ in tqdm(range(steps), desc=f"mqar {kind} d={hidden} ({seq_len},{num_pairs})", disable=not progress):
-        inputs, targets = mqar_batch(
-            batch_size,
-            seq_len,
-            num_pairs,
-            vocab_size,
-            generator=train_gen,
-            random_non_queries=random_non_queries,
-        )
+        inputs, targets = batch(batch_size, generator=train_gen)
         with autocast:
             logits, answers = query_logits(model, inputs, targets)
         loss = torch.nn.functional.cross_entropy(logits.float(), answers)
@@ -226,14 +228,7 @@ def train_recall(
     eval_gen = torch.Generator().manual_seed(10_000 + seed)  # held-out examples, never trained on
     model.eval()
     with torch.no_grad(), autocast:
-        inputs, targets = mqar_batch(
-            eval_examples,
-            seq_len,
-            num_pairs,
-            vocab_size,
-            generator=eval_gen,
-            random_non_queries=random_non_queries,
-        )
+        inputs, targets = batch(eval_examples, generator=eval_gen)
         pieces = [query_logits(model, x, t) for x, t in zip(inputs.split(64), targets.split(64), strict=True)]
         accuracy = recall_accuracy(torch.cat([p[0] for p in pieces]), torch.cat([p[1] for p in pieces]))
     return {
