@@ -1,6 +1,7 @@
 """Data pipeline: document listing, split, packing, mixing, resumable position."""
 
 import collections
+import string
 
 import pytest
 
@@ -130,3 +131,19 @@ def test_needle_documents_fill_whole_sequences_of_their_length():
         sequence = stream.next_sequence()
         assert sequence[-1] == EOS_ID and EOS_ID not in sequence[:-1]
         assert b"\nWhat is the special magic" in bytes(t for t in sequence if t < 256)
+
+
+def test_copy_documents_repeat_a_quarter_length_span_and_fill_their_length():
+    docs = list_documents("copy:128:4")
+    assert [d.text() for d in docs] == [d.text() for d in list_documents("copy:128:4")]
+    for doc in docs:
+        text = doc.text()
+        assert len(text) == 127 and set(text) <= set(string.ascii_lowercase)  # + EOS = 128
+        # Some 32-letter span of the first 63 letters reappears, after it ends, in the rest.
+        assert any(text[i : i + 32] in text[i + 32 :] for i in range(32))
+    stream = PackedStream(docs, encode_bytes, EOS_ID, seq_len=128, seed=0)
+    assert stream.next_sequence()[-1] == EOS_ID
+    with pytest.raises(DataError, match="at least 8"):
+        list_documents("copy:4")
+    with pytest.raises(DataError, match="copy:LENGTH"):
+        list_documents("copy:12:3:9")

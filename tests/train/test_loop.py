@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -99,6 +100,44 @@ def test_resuming_into_a_different_shape_fails(corpus, tmp_path):
     other = tiny_config(corpus, **{"model.hidden_size": 64})
     with pytest.raises(ConfigError, match="different model shape.*hidden_size"):
         train(other, tmp_path / "run", resume=True, show_progress=False)
+
+
+def test_init_from_starts_a_fresh_run_from_saved_weights(corpus, tmp_path):
+    train(tiny_config(corpus), tmp_path / "base", stop_at=5, show_progress=False)
+    base = ckpt.load_weights(ckpt.latest_checkpoint(tmp_path / "base" / "checkpoints"))[0]
+    # lr 0: the one step leaves the weights as loaded, so they must equal the base run's exactly.
+    tuned = tiny_config(corpus, **{"train.init_from": f'"{tmp_path / "base"}"', "optimizer.lr": 0})
+    summary = train(tuned, tmp_path / "tuned", stop_at=1, show_progress=False)
+    assert list(summary["losses"]) == [1]  # a new run: step, optimizer and data start afresh
+    loaded = ckpt.load_weights(Path(summary["final_checkpoint"]))[0]
+    assert loaded.keys() == base.keys()
+    assert all(torch.equal(loaded[k], base[k]) for k in base)
+    fresh = train(
+        tiny_config(corpus, **{"optimizer.lr": 0}), tmp_path / "fresh", stop_at=1, show_progress=False
+    )
+    assert fresh["losses"][1] != summary["losses"][1]  # (a random init would not match)
+
+
+@pytest.mark.parametrize(
+    ("init_from", "message"),
+    [
+        ("missing", "does not exist"),
+        ("empty", "neither model.safetensors"),
+        ("base", "different model shape"),
+    ],
+)
+def test_init_from_a_bad_source_fails_naming_it(corpus, tmp_path, init_from, message):
+    (tmp_path / "empty").mkdir()
+    if init_from == "base":
+        train(
+            tiny_config(corpus, **{"model.hidden_size": 64}),
+            tmp_path / "base",
+            stop_at=1,
+            show_progress=False,
+        )
+    config = tiny_config(corpus, **{"train.init_from": f'"{tmp_path / init_from}"'})
+    with pytest.raises((ConfigError, FileNotFoundError), match=message):
+        train(config, tmp_path / "run", show_progress=False)
 
 
 def test_cli_reports_errors_without_a_traceback(tmp_path):

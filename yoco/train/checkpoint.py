@@ -94,10 +94,33 @@ def latest_checkpoint(root: Path) -> Path | None:
 def load_checkpoint(path: Path) -> dict:
     """Everything a resumed run needs, read from safetensors and JSON only."""
     layout = json.loads((path / "optimizer.json").read_text())
+    weights, config = load_weights(path)
     return dict(
-        model=load_file(str(path / "model.safetensors")),
+        model=weights,
         optimizer=_unflatten_optimizer(load_file(str(path / "optimizer.safetensors")), layout),
         rng=load_file(str(path / "rng.safetensors"))["cpu"],
         trainer=json.loads((path / "trainer_state.json").read_text()),
-        config=json.loads((path / "config.json").read_text()),
+        config=config,
     )
+
+
+def find_weights(path: Path) -> Path:
+    """The folder holding ``config.json`` + ``model.safetensors`` for ``path``: the folder itself
+    (a checkpoint or a save_pretrained model), or a run folder's latest checkpoint."""
+    if (path / "model.safetensors").is_file():
+        return path
+    latest = latest_checkpoint(path / "checkpoints")
+    if latest is not None:
+        return latest
+    if not path.exists():
+        raise FileNotFoundError(f"init_from: {path} does not exist")
+    raise FileNotFoundError(
+        f"init_from: {path} holds neither model.safetensors nor a run's checkpoints/step-* folders"
+    )
+
+
+def load_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """(weights, config) of a model folder, from safetensors and JSON only."""
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path} has model.safetensors but no config.json")
+    return load_file(str(path / "model.safetensors")), json.loads((path / "config.json").read_text())

@@ -57,6 +57,10 @@ class TrainConfig:
     activation_checkpointing: bool = False
     distributed: str = "ddp"  # under torchrun: "ddp" or "fsdp"
     seed: int = 0
+    # Start from these weights instead of a random init (fine-tuning, curricula): a run folder
+    # (its latest checkpoint), a checkpoint folder, or any save_pretrained folder of the same
+    # shape. Only the weights are taken: step, optimizer and data start afresh. --resume wins.
+    init_from: str | None = None
 
 
 @dataclass

@@ -2,8 +2,11 @@
 
 * A *source* is a ``.txt`` file (one document), a ``.jsonl`` file (one document per line, in
   its ``text`` field), a ``.parquet`` file (a ``text`` column), a folder of such files,
-  ``"stdlib"``: the Python standard library's own sources, the embedded default corpus, or
-  ``"needle:LENGTH[:COUNT]"``: synthetic needle-retrieval documents (prompt + answer).
+  ``"stdlib"``: the Python standard library's own sources, the embedded default corpus, or a
+  synthetic source of COUNT seeded documents of exactly LENGTH bytes (with their EOS):
+  ``"needle:LENGTH[:COUNT]"``, needle-retrieval documents (haystack, needles, questions and
+  answers), or ``"copy:LENGTH[:COUNT]"``, random letters in which a span repeats (dense
+  practice at copying from context, the skill needle retrieval rests on).
 * Each document has a stable id (``path`` or ``path:row``); hashing it puts the document in the
   validation split or not, so the split is disjoint and the same on every run.
 * A :class:`PackedStream` reads a source's documents in a seeded order (reshuffled every
@@ -37,19 +40,17 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class DocRef:
-    """Where to find one document: ``row`` is None for a whole ``.txt`` file; ``needle_length``
-    marks a synthetic needle-retrieval document, made from its row number."""
+    """Where to find one document: ``row`` is None for a whole ``.txt`` file; ``make`` builds a
+    synthetic document from its row number."""
 
     doc_id: str
     path: Path | None
     row: int | None = None
-    needle_length: int | None = None
+    make: Callable[[int], str] | None = None
 
     def text(self) -> str:
-        if self.needle_length is not None:
-            from yoco.eval.needle import needle_training_text
-
-            return needle_training_text(self.row, self.needle_length)
+        if self.make is not None:
+            return self.make(self.row)
         if self.row is None:
             return self.path.read_text(encoding="utf-8", errors="replace")
         return _rows(self.path)[self.row]
@@ -81,19 +82,51 @@ def _rows(path: Path) -> list[str]:
     return [str(t) for t in table.column("text").to_pylist()]
 
 
+def copy_training_text(index: int, length: int) -> str:
+    """``length - 1`` random lowercase letters (the EOS makes ``length``) in which the span of
+    ``length // 4`` letters starting in the first quarter reappears 0 to ``length // 4`` letters
+    after its end. Only a model that looks the span up by content predicts the repeat."""
+    if length < 8:
+        raise ValueError(f"copy documents need a length of at least 8, got {length}")
+    rng = random.Random(f"copy-train:{index}")
+    letters = [rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(length - 1)]
+    span = length // 4
+    start, gap = rng.randrange(span), rng.randint(0, span)
+    repeat = start + span + gap  # at most 3 * span - 1, so the repeat ends before the EOS
+    letters[repeat : repeat + span] = letters[start : start + span]
+    return "".join(letters)
+
+
+def _needle_training_text():
+    from yoco.eval.needle import needle_training_text  # (imported late: the eval package imports this one)
+
+    return needle_training_text
+
+
+# Synthetic sources by name: each entry returns a function (row, length=...) -> document text.
+SYNTHETIC = {"needle": _needle_training_text, "copy": lambda: copy_training_text}
+
+
 def list_documents(spec: str) -> list[DocRef]:
     """All documents of one source, in a stable order. Raises DataError if it has none."""
     if spec == "stdlib":
         root = stdlib_dir()
         return [DocRef(f"stdlib:{p.relative_to(root)}", p) for p in stdlib_source_files()]
-    if spec.startswith("needle:"):
-        # needle:LENGTH[:COUNT] -- synthetic retrieval documents of about LENGTH bytes.
+    kind = spec.split(":", 1)[0]
+    if kind in SYNTHETIC:
         parts = spec.split(":")
         try:
             length, count = int(parts[1]), int(parts[2]) if len(parts) > 2 else 4096
+            if len(parts) > 3 or length < 1 or count < 1:
+                raise ValueError
         except (IndexError, ValueError) as error:
-            raise DataError(f"data source {spec}: use needle:LENGTH or needle:LENGTH:COUNT") from error
-        return [DocRef(f"{spec}:{i}", None, i, needle_length=length) for i in range(count)]
+            raise DataError(f"data source {spec}: use {kind}:LENGTH or {kind}:LENGTH:COUNT") from error
+        make = functools.partial(SYNTHETIC[kind](), length=length)
+        try:
+            make(0)  # a length too short for the kind fails here, not mid-training
+        except ValueError as error:
+            raise DataError(f"data source {spec}: {error}") from error
+        return [DocRef(f"{spec}:{i}", None, i, make) for i in range(count)]
     path = Path(spec)
     if not path.exists():
         raise DataError(f"data source {spec} does not exist")

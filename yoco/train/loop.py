@@ -111,6 +111,15 @@ def check_resume_shape(saved: dict, model) -> None:
         raise ConfigError(f"checkpoint is from a different model shape ({details})")
 
 
+def load_weights(model, weights: dict, saved_config: dict, where: Path) -> None:
+    """Put saved weights into ``model``, refusing a checkpoint of another shape."""
+    check_resume_shape(saved_config, model)
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
+    if unexpected or set(missing) - tied:
+        raise ConfigError(f"{where} does not match the model: missing {missing}, unexpected {unexpected}")
+
+
 class MetricsLog:
     """metrics.jsonl (one JSON object per line) and, if installed, TensorBoard."""
 
@@ -186,15 +195,12 @@ def _train(cfg: RunConfig, out: Path, resume: bool, stop_at: int | None, show_pr
         if latest is None:
             raise ConfigError(f"--resume: no checkpoint under {root}")
         state = ckpt.load_checkpoint(latest)
-        check_resume_shape(state["config"], model)
-        missing, unexpected = model.load_state_dict(state["model"], strict=False)
-        tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
-        if unexpected or set(missing) - tied:
-            raise ConfigError(
-                f"checkpoint {latest} does not match the model: missing {missing}, unexpected {unexpected}"
-            )
+        load_weights(model, state["model"], state["config"], latest)
         start_step = state["trainer"]["step"]
         mixture.load_state_dict(state["trainer"]["data"])
+    elif t.init_from is not None:
+        source = ckpt.find_weights(Path(t.init_from))
+        load_weights(model, *ckpt.load_weights(source), source)
 
     model.to(d.device)
     if t.activation_checkpointing:
