@@ -118,11 +118,21 @@ def test_init_from_starts_a_fresh_run_from_saved_weights(corpus, tmp_path):
     assert fresh["losses"][1] != summary["losses"][1]  # (a random init would not match)
 
 
+def test_a_run_folder_stands_for_its_latest_checkpoint(corpus, tmp_path):
+    from yoco.eval.cli import _load
+
+    train(tiny_config(corpus), tmp_path / "run", show_progress=False)
+    assert ckpt.find_weights(tmp_path / "run").name == "step-0000012"  # (not step 5 or 10)
+    saved = ckpt.load_weights(tmp_path / "run" / "checkpoints" / "step-0000012")[0]
+    model, _ = _load(str(tmp_path / "run"), "float32")  # what `yoco eval ... --model RUN` loads
+    assert all(torch.equal(model.state_dict()[k], saved[k]) for k in saved)
+
+
 @pytest.mark.parametrize(
     ("init_from", "message"),
     [
-        ("missing", "does not exist"),
-        ("empty", "neither model.safetensors"),
+        ("missing", "init_from: .*missing does not exist"),
+        ("empty", "init_from: .*empty holds neither model.safetensors"),
         ("base", "different model shape"),
     ],
 )

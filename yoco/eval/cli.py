@@ -7,11 +7,14 @@ from pathlib import Path
 
 
 def _load(path: str, dtype: str):
+    """A saved model: a save_pretrained or checkpoint folder, or a run folder (its latest checkpoint)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import yoco  # noqa: F401  (registers the model classes)
+    from yoco.train.checkpoint import find_weights
 
+    path = find_weights(Path(path))
     model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).eval()
     return model, AutoTokenizer.from_pretrained(path)
 

@@ -113,10 +113,8 @@ def find_weights(path: Path) -> Path:
     if latest is not None:
         return latest
     if not path.exists():
-        raise FileNotFoundError(f"init_from: {path} does not exist")
-    raise FileNotFoundError(
-        f"init_from: {path} holds neither model.safetensors nor a run's checkpoints/step-* folders"
-    )
+        raise FileNotFoundError(f"{path} does not exist")
+    raise FileNotFoundError(f"{path} holds neither model.safetensors nor a run's checkpoints/step-* folders")
 
 
 def load_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict]:

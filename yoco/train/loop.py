@@ -199,7 +199,10 @@ def _train(cfg: RunConfig, out: Path, resume: bool, stop_at: int | None, show_pr
         start_step = state["trainer"]["step"]
         mixture.load_state_dict(state["trainer"]["data"])
     elif t.init_from is not None:
-        source = ckpt.find_weights(Path(t.init_from))
+        try:
+            source = ckpt.find_weights(Path(t.init_from))
+        except FileNotFoundError as error:
+            raise ConfigError(f"train.init_from: {error}") from error
         load_weights(model, *ckpt.load_weights(source), source)
 
     model.to(d.device)
