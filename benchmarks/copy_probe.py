@@ -8,6 +8,7 @@ a model can solve with a positional head; by default the gap varies (32-64 bytes
 content-based lookup, the kind needle retrieval needs.
 
     python benchmarks/copy_probe.py --kind yoco-swa --steps 1200
+    python benchmarks/copy_probe.py --steps 2400 --save runs/copy-probe   # stage 1 of the needle curriculum
 """
 
 import argparse
@@ -17,7 +18,7 @@ import torch
 
 from yoco.generate_cli import PRESETS
 from yoco.models import build_causal_lm
-from yoco.tokenizer import BYTE_VOCAB_SIZE
+from yoco.tokenizer import BYTE_VOCAB_SIZE, load_tokenizer
 
 SEQ, SPAN, BATCH = 128, 32, 32
 
@@ -41,6 +42,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--fixed", action="store_true", help="repeat at a fixed distance")
+    parser.add_argument("--save", metavar="DIR", help="save the trained model here (save_pretrained)")
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -64,6 +66,9 @@ def main() -> None:
                 f"(chance 0.038), {time.perf_counter() - start:.0f} s",
                 flush=True,
             )
+    if args.save:  # e.g. as train.init_from of recipes/needle.toml
+        model.save_pretrained(args.save)
+        load_tokenizer("bytes").save_pretrained(args.save)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -93,6 +94,22 @@ def test_bad_configs_fail_at_start_naming_the_problem(corpus, tmp_path, override
     with pytest.raises((ConfigError, ValueError), match=message):
         train(tiny_config(corpus, **overrides), tmp_path / "run", show_progress=False)
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_fresh_run_refuses_a_folder_that_holds_a_run(corpus, tmp_path):
+    train(tiny_config(corpus), tmp_path / "run", stop_at=5, show_progress=False)
+    with pytest.raises(ConfigError, match="already holds a run.*step-0000005.*--resume"):
+        train(tiny_config(corpus), tmp_path / "run", show_progress=False)
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path / "run" / "checkpoints")] == ["step-0000005"]
+
+
+def test_resume_logs_each_step_once(corpus, tmp_path):
+    run = tmp_path / "run"
+    train(tiny_config(corpus), run, stop_at=7, show_progress=False)
+    shutil.rmtree(run / "checkpoints" / "step-0000007")  # as if killed after logging steps 6-7
+    train(tiny_config(corpus), run, resume=True, show_progress=False)
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert sorted(set(steps)) == steps == list(range(1, 13))
 
 
 def test_resuming_into_a_different_shape_fails(corpus, tmp_path):

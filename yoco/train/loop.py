@@ -123,8 +123,15 @@ def load_weights(model, weights: dict, saved_config: dict, where: Path) -> None:
 class MetricsLog:
     """metrics.jsonl (one JSON object per line) and, if installed, TensorBoard."""
 
-    def __init__(self, out: Path, tensorboard: bool):
+    def __init__(self, out: Path, tensorboard: bool, start_step: int):
         self.path = out / "metrics.jsonl"
+        if self.path.exists():
+            # Keep only what led to the checkpoint this run starts from: a fresh run starts an
+            # empty log, a resumed one drops the steps logged after its checkpoint (they rerun).
+            kept = [
+                line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= start_step
+            ]
+            self.path.write_text("".join(line + "\n" for line in kept))
         self.writer = None
         if tensorboard:
             try:
@@ -190,6 +197,13 @@ def _train(cfg: RunConfig, out: Path, resume: bool, stop_at: int | None, show_pr
         ]
     root = out / "checkpoints"
     start_step, state = 0, None
+    if not resume and ckpt.latest_checkpoint(root) is not None:
+        # A fresh run here would mix its checkpoints with the old run's (keep_last would even
+        # delete the new ones first): refuse rather than lose either.
+        raise ConfigError(
+            f"{out} already holds a run (latest checkpoint {ckpt.latest_checkpoint(root).name}): "
+            "pass --resume to continue it, or choose another --out"
+        )
     if resume:
         latest = ckpt.latest_checkpoint(root)
         if latest is None:
@@ -222,7 +236,7 @@ def _train(cfg: RunConfig, out: Path, resume: bool, stop_at: int | None, show_pr
     use_bf16 = t.dtype == "bfloat16" or (t.dtype == "auto" and native_bf16(d.device))
 
     out.mkdir(parents=True, exist_ok=True)
-    log = MetricsLog(out, cfg.logging.tensorboard) if d.is_main else None
+    log = MetricsLog(out, cfg.logging.tensorboard, start_step) if d.is_main else None
     if d.is_main:
         (out / "run_config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
     tokens_per_step = t.batch_size * cfg.data.seq_len
