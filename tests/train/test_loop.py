@@ -227,7 +227,8 @@ def _to_toml(tree: dict) -> str:
         return repr(v)
 
     return "\n".join(
-        f"[{section}]\n" + "\n".join(f"{k} = {value(v)}" for k, v in body.items())
+        # (TOML has no null: a None value is left out, which means its default.)
+        f"[{section}]\n" + "\n".join(f"{k} = {value(v)}" for k, v in body.items() if v is not None)
         for section, body in tree.items()
     )
 
