@@ -97,14 +97,14 @@ def copy_training_text(index: int, length: int) -> str:
     return "".join(letters)
 
 
-def _needle_training_text():
+def _needle_training_text(index: int, length: int) -> str:
     from yoco.eval.needle import needle_training_text  # (imported late: the eval package imports this one)
 
-    return needle_training_text
+    return needle_training_text(index, length)
 
 
-# Synthetic sources by name: each entry returns a function (row, length=...) -> document text.
-SYNTHETIC = {"needle": _needle_training_text, "copy": lambda: copy_training_text}
+# Synthetic sources by name: (row, length) -> document text.
+SYNTHETIC = {"needle": _needle_training_text, "copy": copy_training_text}
 
 
 def list_documents(spec: str) -> list[DocRef]:
@@ -121,7 +121,7 @@ def list_documents(spec: str) -> list[DocRef]:
                 raise ValueError
         except (IndexError, ValueError) as error:
             raise DataError(f"data source {spec}: use {kind}:LENGTH or {kind}:LENGTH:COUNT") from error
-        make = functools.partial(SYNTHETIC[kind](), length=length)
+        make = functools.partial(SYNTHETIC[kind], length=length)
         try:
             make(0)  # a length too short for the kind fails here, not mid-training
         except ValueError as error:

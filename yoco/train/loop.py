@@ -111,7 +111,7 @@ def check_resume_shape(saved: dict, model) -> None:
         raise ConfigError(f"checkpoint is from a different model shape ({details})")
 
 
-def load_weights(model, weights: dict, saved_config: dict, where: Path) -> None:
+def put_weights(model, weights: dict, saved_config: dict, where: Path) -> None:
     """Put saved weights into ``model``, refusing a checkpoint of another shape."""
     check_resume_shape(saved_config, model)
     missing, unexpected = model.load_state_dict(weights, strict=False)
@@ -197,27 +197,27 @@ def _train(cfg: RunConfig, out: Path, resume: bool, stop_at: int | None, show_pr
         ]
     root = out / "checkpoints"
     start_step, state = 0, None
-    if not resume and ckpt.latest_checkpoint(root) is not None:
-        # A fresh run here would mix its checkpoints with the old run's (keep_last would even
-        # delete the new ones first): refuse rather than lose either.
-        raise ConfigError(
-            f"{out} already holds a run (latest checkpoint {ckpt.latest_checkpoint(root).name}): "
-            "pass --resume to continue it, or choose another --out"
-        )
+    latest = ckpt.latest_checkpoint(root)
     if resume:
-        latest = ckpt.latest_checkpoint(root)
         if latest is None:
             raise ConfigError(f"--resume: no checkpoint under {root}")
         state = ckpt.load_checkpoint(latest)
-        load_weights(model, state["model"], state["config"], latest)
+        put_weights(model, state["model"], state["config"], latest)
         start_step = state["trainer"]["step"]
         mixture.load_state_dict(state["trainer"]["data"])
+    elif latest is not None:
+        # A fresh run here would mix its checkpoints with the old run's (keep_last would even
+        # delete the new ones first): refuse rather than lose either.
+        raise ConfigError(
+            f"{out} already holds a run (latest checkpoint {latest.name}): "
+            "pass --resume to continue it, or choose another --out"
+        )
     elif t.init_from is not None:
         try:
             source = ckpt.find_weights(Path(t.init_from))
         except FileNotFoundError as error:
             raise ConfigError(f"train.init_from: {error}") from error
-        load_weights(model, *ckpt.load_weights(source), source)
+        put_weights(model, *ckpt.load_weights(source), source)
 
     model.to(d.device)
     if t.activation_checkpointing:
