@@ -16,16 +16,24 @@ import time
 
 import torch
 
+from yoco.eval.mqar import split_kind
 from yoco.generate_cli import PRESETS
 from yoco.models import build_causal_lm
 from yoco.tokenizer import BYTE_VOCAB_SIZE, load_tokenizer
 
 SEQ, SPAN, BATCH = 128, 32, 32
+ALPHABETS = {  # the bytes the random text is drawn from
+    "letters": torch.arange(ord("a"), ord("z") + 1),
+    # every printable ASCII byte, digits and punctuation included, so the copy is byte-generic
+    "printable": torch.arange(ord(" "), ord("~") + 1),
+}
 
 
-def copy_batch(generator: torch.Generator, varying: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def copy_batch(
+    generator: torch.Generator, varying: bool, alphabet: torch.Tensor = ALPHABETS["letters"]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(ids, mask): mask marks the repeated bytes the model can only get by copying."""
-    ids = torch.randint(ord("a"), ord("z") + 1, (BATCH, SEQ), generator=generator)
+    ids = alphabet[torch.randint(0, len(alphabet), (BATCH, SEQ), generator=generator)]
     mask = torch.zeros(BATCH, SEQ, dtype=torch.bool)
     for row in range(BATCH):
         start = int(torch.randint(0, SPAN, (1,), generator=generator)) if varying else 0
@@ -38,20 +46,25 @@ def copy_batch(generator: torch.Generator, varying: bool) -> tuple[torch.Tensor,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--kind", default="yoco-swa", help="transformer, yoco-swa, yoco-gret, ...")
+    parser.add_argument(
+        "--kind", default="yoco-swa", help="transformer, yoco-swa, yoco-gret, ...; +diff for differential attention"
+    )
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--fixed", action="store_true", help="repeat at a fixed distance")
+    parser.add_argument("--alphabet", choices=sorted(ALPHABETS), default="letters")
     parser.add_argument("--save", metavar="DIR", help="save the trained model here (save_pretrained)")
     args = parser.parse_args()
 
     torch.manual_seed(0)
-    model = build_causal_lm(args.kind, {"sliding_window": 16}, **PRESETS["tiny"])  # width 128, 4 layers
+    kind, parts = split_kind(args.kind)
+    model = build_causal_lm(kind, {"sliding_window": 16}, **PRESETS["tiny"], **parts)  # width 128, 4 layers
+    alphabet = ALPHABETS[args.alphabet]
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1, betas=(0.9, 0.95))
     generator = torch.Generator().manual_seed(0)
     start = time.perf_counter()
     for step in range(1, args.steps + 1):
-        ids, mask = copy_batch(generator, varying=not args.fixed)
+        ids, mask = copy_batch(generator, not args.fixed, alphabet)
         with torch.autocast("cpu", torch.bfloat16):
             logits = model(ids).logits[:, :-1].float()
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, BYTE_VOCAB_SIZE), ids[:, 1:].reshape(-1))
@@ -63,7 +76,7 @@ def main() -> None:
             accuracy = (logits.argmax(-1)[asked] == ids[:, 1:][asked]).float().mean()
             print(
                 f"{args.kind} step {step}: loss {loss.item():.3f}, copy accuracy {accuracy:.3f} "
-                f"(chance 0.038), {time.perf_counter() - start:.0f} s",
+                f"(chance {1 / len(alphabet):.3f}), {time.perf_counter() - start:.0f} s",
                 flush=True,
             )
     if args.save:  # e.g. as train.init_from of recipes/needle.toml

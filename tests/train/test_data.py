@@ -138,9 +138,11 @@ def test_copy_documents_repeat_a_quarter_length_span_and_fill_their_length():
     assert [d.text() for d in docs] == [d.text() for d in list_documents("copy:128:4")]
     for doc in docs:
         text = doc.text()
-        assert len(text) == 127 and set(text) <= set(string.ascii_lowercase)  # + EOS = 128
-        # Some 32-letter span of the first 63 letters reappears, after it ends, in the rest.
+        assert len(text) == 127 and all(" " <= c <= "~" for c in text)  # printable ASCII; + EOS = 128
+        # Some 32-byte span of the first 63 bytes reappears, after it ends, in the rest.
         assert any(text[i : i + 32] in text[i + 32 :] for i in range(32))
+    every_byte = "".join(d.text() for d in list_documents("copy:128:32"))
+    assert set(string.digits) <= set(every_byte)  # digits are copy targets too
     stream = PackedStream(docs, encode_bytes, EOS_ID, seq_len=128, seed=0)
     assert stream.next_sequence()[-1] == EOS_ID
     with pytest.raises(DataError, match="at least 8"):

@@ -79,6 +79,15 @@ VARIANTS = {
 }
 
 
+def split_kind(kind: str) -> tuple[str, dict]:
+    """"yoco-swa+diff" -> ("yoco-swa", the config fields of every part suffix)."""
+    base, *variants = kind.split("+")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"{kind}: unknown part suffix {unknown[0]!r}, choose from {sorted(VARIANTS)}")
+    return base, {key: value for variant in variants for key, value in VARIANTS[variant].items()}
+
+
 class MixerOnlyLM(torch.nn.Module):
     """Embedding, ``layers`` blocks that all use one self-decoder mixer, norm, head: the
     "every layer is the self-decoder mixer" baseline (SWA-only or gRet-only)."""
@@ -130,16 +139,13 @@ def build_recall_model(
     window: int = 32,
     tie_embeddings: bool = True,
 ):
-    base, *variants = kind.split("+")
+    base, parts = split_kind(kind)
     if base in ("swa-only", "gret-only"):
-        if variants:
+        if parts:
             raise ValueError(f"{kind}: part suffixes apply to the causal-LM kinds only")
         return MixerOnlyLM(
             base.removesuffix("-only"), vocab_size, hidden, layers, heads, window, tie_embeddings
         )
-    unknown = [v for v in variants if v not in VARIANTS]
-    if unknown:
-        raise ValueError(f"{kind}: unknown part suffix {unknown[0]!r}, choose from {sorted(VARIANTS)}")
     fields = dict(
         vocab_size=vocab_size,
         hidden_size=hidden,
@@ -148,9 +154,8 @@ def build_recall_model(
         num_attention_heads=heads,
         max_position_embeddings=4096,
         tie_word_embeddings=tie_embeddings,
+        **parts,
     )
-    for variant in variants:
-        fields.update(VARIANTS[variant])
     return _RecallWrapper(build_causal_lm(base, {"sliding_window": window}, **fields))
 
 

@@ -5,7 +5,7 @@
   ``"stdlib"``: the Python standard library's own sources, the embedded default corpus, or a
   synthetic source of COUNT seeded documents of exactly LENGTH bytes (with their EOS):
   ``"needle:LENGTH[:COUNT]"``, needle-retrieval documents (haystack, needles, questions and
-  answers), or ``"copy:LENGTH[:COUNT]"``, random letters in which a span repeats (dense
+  answers), or ``"copy:LENGTH[:COUNT]"``, random printable ASCII in which a span repeats (dense
   practice at copying from context, the skill needle retrieval rests on).
 * Each document has a stable id (``path`` or ``path:row``); hashing it puts the document in the
   validation split or not, so the split is disjoint and the same on every run.
@@ -82,19 +82,24 @@ def _rows(path: Path) -> list[str]:
     return [str(t) for t in table.column("text").to_pylist()]
 
 
+PRINTABLE = "".join(map(chr, range(ord(" "), ord("~") + 1)))  # digits and punctuation too
+
+
 def copy_training_text(index: int, length: int) -> str:
-    """``length - 1`` random lowercase letters (the EOS makes ``length``) in which the span of
-    ``length // 4`` letters starting in the first quarter reappears 0 to ``length // 4`` letters
-    after its end. Only a model that looks the span up by content predicts the repeat."""
+    """``length - 1`` random printable ASCII bytes (the EOS makes ``length``) in which the span
+    of ``length // 4`` bytes starting in the first quarter reappears 0 to ``length // 4`` bytes
+    after its end. Only a model that looks the span up by content predicts the repeat. Every
+    printable byte is a copy target, digits included: a model that only ever copied letters
+    did not copy the needle's digits."""
     if length < 8:
         raise ValueError(f"copy documents need a length of at least 8, got {length}")
     rng = random.Random(f"copy-train:{index}")
-    letters = [rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(length - 1)]
+    text = [rng.choice(PRINTABLE) for _ in range(length - 1)]
     span = length // 4
     start, gap = rng.randrange(span), rng.randint(0, span)
     repeat = start + span + gap  # at most 3 * span - 1, so the repeat ends before the EOS
-    letters[repeat : repeat + span] = letters[start : start + span]
-    return "".join(letters)
+    text[repeat : repeat + span] = text[start : start + span]
+    return "".join(text)
 
 
 def _needle_training_text(index: int, length: int) -> str:
