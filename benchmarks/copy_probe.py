@@ -1,14 +1,16 @@
 """How many steps a small model needs to learn to copy from its context (an induction head).
 
 Needle retrieval is a copy: the question repeats the needle's prefix, and the answer is what
-followed it. This probe isolates that skill on dense synthetic data: 128 random lowercase bytes
-in which a 32-byte span reappears later, and reports teacher-forced accuracy on the repeat
-(after its first two bytes). ``--fixed`` puts the repeat exactly 64 bytes after the original, which
-a model can solve with a positional head; by default the gap varies (32-64 bytes), which needs
-content-based lookup, the kind needle retrieval needs.
+followed it. This probe isolates that skill on dense synthetic data: 128 random bytes (lowercase
+letters, or every printable ASCII byte with ``--alphabet printable``) in which a 32-byte span
+reappears later, and reports teacher-forced accuracy on the repeat (after its first two bytes).
+``--fixed`` puts the repeat exactly 64 bytes after the original, which a model can solve with a
+positional head; by default the gap varies (32-64 bytes), which needs content-based lookup, the
+kind needle retrieval needs.
 
     python benchmarks/copy_probe.py --kind yoco-swa --steps 1200
-    python benchmarks/copy_probe.py --steps 2400 --save runs/copy-probe   # stage 1 of the needle curriculum
+    python benchmarks/copy_probe.py --kind yoco-swa+diff --alphabet printable --steps 2400 \
+        --save runs/copy-probe-diff   # stage 1 of the needle curriculum (recipes/needle.toml)
 """
 
 import argparse
@@ -47,7 +49,9 @@ def copy_batch(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--kind", default="yoco-swa", help="transformer, yoco-swa, yoco-gret, ...; +diff for differential attention"
+        "--kind",
+        default="yoco-swa",
+        help="transformer, yoco-swa, yoco-gret, ...; +diff for differential attention",
     )
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--lr", type=float, default=2e-3)

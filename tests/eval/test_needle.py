@@ -1,12 +1,18 @@
 """Needle prompts: the needle sits at the requested depth, the answer is never in the filler,
-and the same seed builds the same prompt."""
+and the same seed builds the same prompt. The teacher-forced answer probe scores the right
+positions, and `yoco eval needle` writes its results."""
 
+import json
 import random
+from types import SimpleNamespace
 
 import pytest
+import torch
 
-from yoco.eval.needle import build_prompt, needle_sentence, stdlib_prose
-from yoco.tokenizer import decode_bytes, encode_bytes
+from tests.conftest import tiny_model
+from yoco.eval.cli import main as eval_main
+from yoco.eval.needle import answer_token_hits, build_prompt, needle_sentence, stdlib_prose
+from yoco.tokenizer import byte_tokenizer, decode_bytes, encode_bytes
 
 FILLER = encode_bytes(stdlib_prose(60_000))
 
@@ -39,3 +45,34 @@ def test_filler_is_prose_not_code():
 def test_too_short_a_context_is_refused():
     with pytest.raises(ValueError, match="too short"):
         build_prompt(encode_bytes, FILLER, 40, 0.5, random.Random(0))
+
+
+class _Predicts(torch.nn.Module):
+    """A stand-in model whose top logit at position t is ``pick(ids)[t]``."""
+
+    def __init__(self, pick):
+        super().__init__()
+        self.pick, self.device = pick, torch.device("cpu")
+
+    def forward(self, ids):
+        return SimpleNamespace(logits=torch.nn.functional.one_hot(self.pick(ids), 258).float())
+
+
+def test_answer_token_hits_score_each_answer_token_given_the_ones_before():
+    prompt, answer = encode_bytes("is:"), encode_bytes(" 4455")
+    next_token = _Predicts(lambda ids: torch.cat([ids[:, 1:], ids[:, :1]], dim=1))  # an oracle
+    assert answer_token_hits(next_token, prompt, answer) == [True] * 5
+    same_token = _Predicts(lambda ids: ids)  # repeats its input: right only where a digit repeats
+    assert answer_token_hits(same_token, prompt, answer) == [False, False, True, False, True]
+
+
+def test_eval_needle_writes_accuracy_per_depth_and_per_answer_token(tmp_path):
+    model_dir, out = tmp_path / "model", tmp_path / "eval"
+    tiny_model("yoco-swa", vocab_size=258).save_pretrained(model_dir)
+    byte_tokenizer().save_pretrained(model_dir)
+    eval_main(["needle", "--model", str(model_dir), "--lengths", "160", "--trials", "1", "--out", str(out)])
+    result = json.loads((out / "needle.json").read_text())
+    assert sorted(result["accuracy"]) == sorted(f"160:{d}" for d in result["depths"])
+    per_token = result["answer_token_accuracy"]["160"]
+    assert len(per_token) == 8 and all(0 <= a <= 1 for a in per_token)  # " " and 7 digits
+    assert (out / "needle.png").stat().st_size > 0

@@ -159,6 +159,8 @@ def main(argv: list[str] | None = None) -> None:
             for length in args.lengths:
                 cells = [result["accuracy"][f"{length}:{d}"] for d in result["depths"]]
                 print(f"{length:>6} tokens: mean accuracy {sum(cells) / len(cells):.2f}  by depth {cells}")
+                tokens = [round(a, 2) for a in result["answer_token_accuracy"][str(length)]]
+                print(f"{'':>6}         teacher-forced accuracy per answer token {tokens}")
             print(f"heat map: {Path(args.out) / 'needle.png'}")
         else:
             run_mqar(args, argv)

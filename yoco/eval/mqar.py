@@ -80,7 +80,8 @@ VARIANTS = {
 
 
 def split_kind(kind: str) -> tuple[str, dict]:
-    """"yoco-swa+diff" -> ("yoco-swa", the config fields of every part suffix)."""
+    """Split a kind such as "yoco-swa+diff" into its base kind and the config fields of its
+    part suffixes."""
     base, *variants = kind.split("+")
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:

@@ -178,6 +178,17 @@ def _contains(haystack: list[int], needle: list[int]) -> bool:
     return any(haystack[i : i + n] == needle for i in range(len(haystack) - n + 1))
 
 
+@torch.no_grad()
+def answer_token_hits(model, prompt_ids: list[int], answer_ids: list[int]) -> list[bool]:
+    """Teacher-forced: for each answer token, whether the model's top prediction, given the
+    prompt and the answer's earlier tokens, is that token. Shows which step of the answer
+    fails (finding the needle, or copying the rest) where greedy accuracy only says whether
+    all of it came out."""
+    ids = torch.tensor([prompt_ids + answer_ids], device=model.device)
+    predicted = model(ids).logits[0, len(prompt_ids) - 1 : -1].argmax(-1)
+    return (predicted.cpu() == torch.tensor(answer_ids)).tolist()
+
+
 def run_needle(
     model,
     tokenizer,
@@ -188,15 +199,17 @@ def run_needle(
     seed: int = 0,
     filler: str | None = None,
 ) -> dict:
-    """Accuracy per (length, depth) over ``trials`` seeded prompts each."""
+    """Accuracy per (length, depth) over ``trials`` seeded prompts each, and per length the
+    teacher-forced accuracy of each answer token (" " and the number's digits with bytes)."""
 
     def tokenize(text):
         return tokenizer(text, add_special_tokens=False)["input_ids"]
 
     filler_ids = tokenize(filler if filler is not None else stdlib_prose(max(lengths) * 8))
-    results = {}
+    results, answer_tokens = {}, {}
     with tqdm(total=len(lengths) * len(depths) * trials, desc="needle") as bar:
         for length in lengths:
+            hits = []
             for depth in depths:
                 correct = 0
                 for trial in range(trials):
@@ -204,9 +217,22 @@ def run_needle(
                     prompt = build_prompt(tokenize, filler_ids, length, depth, rng, n_needles)
                     new = yoco.generate(model, [prompt.ids], len(prompt.answer) + 6)[0]
                     correct += prompt.answer in tokenizer.decode(new, skip_special_tokens=True)
+                    hits.append(answer_token_hits(model, prompt.ids, tokenize(f" {prompt.answer}")))
                     bar.update()
                 results[f"{length}:{depth}"] = correct / trials
-    return {"lengths": lengths, "depths": depths, "trials": trials, "needles": n_needles, "accuracy": results}
+            # (a BPE tokenizer may split numbers into different counts of tokens)
+            answer_tokens[str(length)] = [
+                sum(h[i] for h in hits if len(h) > i) / sum(len(h) > i for h in hits)
+                for i in range(max(map(len, hits)))
+            ]
+    return {
+        "lengths": lengths,
+        "depths": depths,
+        "trials": trials,
+        "needles": n_needles,
+        "accuracy": results,
+        "answer_token_accuracy": answer_tokens,
+    }
 
 
 def heatmap(result: dict, path: Path, title: str = "needle retrieval") -> None:
@@ -218,7 +244,7 @@ def heatmap(result: dict, path: Path, title: str = "needle retrieval") -> None:
     lengths, depths = result["lengths"], result["depths"]
     grid = torch.tensor([[result["accuracy"][f"{n}:{d}"] for n in lengths] for d in depths])
     fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(lengths), 5))
-    image = ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
+    image = ax.imshow(grid.numpy(), vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
     ax.set_xticks(range(len(lengths)), [str(n) for n in lengths])
     ax.set_yticks(range(len(depths)), [f"{d:.0%}" for d in depths])
     ax.set_xlabel("context length (tokens)")
