@@ -14,6 +14,7 @@ kind needle retrieval needs.
 """
 
 import argparse
+import string
 import time
 
 import torch
@@ -22,12 +23,14 @@ from yoco.eval.mqar import split_kind
 from yoco.generate_cli import PRESETS
 from yoco.models import build_causal_lm
 from yoco.tokenizer import BYTE_VOCAB_SIZE, load_tokenizer
+from yoco.train.data import PRINTABLE
 
 SEQ, SPAN, BATCH = 128, 32, 32
-ALPHABETS = {  # the bytes the random text is drawn from
-    "letters": torch.arange(ord("a"), ord("z") + 1),
-    # every printable ASCII byte, digits and punctuation included, so the copy is byte-generic
-    "printable": torch.arange(ord(" "), ord("~") + 1),
+# The bytes the random text is drawn from; "printable" is the alphabet of the trainer's copy:
+# documents, digits and punctuation included, so the copy is byte-generic.
+ALPHABETS = {
+    name: torch.tensor(list(chars.encode()))
+    for name, chars in {"letters": string.ascii_lowercase, "printable": PRINTABLE}.items()
 }
 
 

@@ -54,8 +54,9 @@ class _Predicts(torch.nn.Module):
         super().__init__()
         self.pick, self.device = pick, torch.device("cpu")
 
-    def forward(self, ids):
-        return SimpleNamespace(logits=torch.nn.functional.one_hot(self.pick(ids), 258).float())
+    def forward(self, ids, logits_to_keep=0):
+        logits = torch.nn.functional.one_hot(self.pick(ids), 258).float()
+        return SimpleNamespace(logits=logits[:, -logits_to_keep:])
 
 
 def test_answer_token_hits_score_each_answer_token_given_the_ones_before():

@@ -185,7 +185,10 @@ def answer_token_hits(model, prompt_ids: list[int], answer_ids: list[int]) -> li
     fails (finding the needle, or copying the rest) where greedy accuracy only says whether
     all of it came out."""
     ids = torch.tensor([prompt_ids + answer_ids], device=model.device)
-    predicted = model(ids).logits[0, len(prompt_ids) - 1 : -1].argmax(-1)
+    # Logits of the last answer-length + 1 positions only: YOCO then runs its cross-decoder
+    # for those alone, and no (length, vocab) logits tensor is built for the haystack.
+    logits = model(ids, logits_to_keep=len(answer_ids) + 1).logits
+    predicted = logits[0, :-1].argmax(-1)
     return (predicted.cpu() == torch.tensor(answer_ids)).tolist()
 
 
