@@ -16,6 +16,9 @@ PARTS = [
     ("transformer", {"position_embedding": "xpos"}),
     ("yoco-swa", {"position_embedding": "xpos"}),
     ("yoco-gret", {"position_embedding": "xpos"}),
+    ("yoco-swa", {"cross_decoder_positions": False}),
+    ("yoco-gret", {"cross_decoder_positions": False}),
+    ("yoco-swa", {"attention_type": "differential", "cross_decoder_positions": False}),
 ]
 
 
@@ -87,3 +90,25 @@ def test_xpos_equals_torchscale_xpos_scores():
         -1, -2
     )
     torch.testing.assert_close(ours[0], reference, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("attention_type", ["softmax", "differential"])
+def test_a_position_free_cross_decoder_reads_its_cache_as_a_set(attention_type):
+    """Without positions, the last query's cross-attention cannot tell where a key sits: shuffling
+    the earlier positions of the cross-decoder's input leaves the last output unchanged, while
+    the rotary cross-decoder (the default) sees the change."""
+    x = torch.randn(1, 24, 32, generator=torch.Generator().manual_seed(1))
+    shuffled = torch.cat([x[:, torch.randperm(23, generator=torch.Generator().manual_seed(2))], x[:, -1:]], 1)
+    last = {}
+    for positions in (True, False):
+        backbone = tiny_model("yoco-swa", attention_type=attention_type, cross_decoder_positions=positions).model
+        backbone.self_decoder = torch.nn.ModuleList()  # the cross-decoder alone reads x
+        with torch.no_grad():  # sharp attention, so where it looks shows in the output
+            for name, weight in backbone.named_parameters():
+                if name.endswith(("q_proj.weight", "k_proj.weight")):
+                    weight.mul_(30)
+        rope = backbone.rotary_emb(torch.arange(24)[None], x.dtype)
+        with torch.no_grad():
+            last[positions] = [backbone.body(inputs, rope, keep_last=1) for inputs in (x, shuffled)]
+    torch.testing.assert_close(*last[False], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(*last[True], rtol=1e-3, atol=1e-3)

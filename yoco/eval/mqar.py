@@ -76,6 +76,7 @@ VARIANTS = {
     "diff": {"attention_type": "differential"},
     "moe": {"ffn_type": "moe", "num_experts": 4, "num_experts_per_tok": 2},
     "mhmoe": {"ffn_type": "mhmoe", "num_experts": 4, "num_experts_per_tok": 2, "mhmoe_heads": 2},
+    "nope": {"cross_decoder_positions": False},  # YOCO kinds only: a position-free cross-decoder
 }
 
 

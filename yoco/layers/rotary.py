@@ -48,6 +48,23 @@ class Rope:
         return Rope(pick(self.cos), pick(self.sin), pick(self.scale))
 
 
+class NoPositions:
+    """Stands in for a :class:`Rope` where attention sees no positions (NoPE): queries and keys
+    pass unchanged, so scores depend on content alone and the causal mask is the only order."""
+
+    def rotate_queries(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def rotate_keys(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def last(self, keep_last: int | None) -> "NoPositions":
+        return self
+
+
+NO_POSITIONS = NoPositions()
+
+
 class RotaryEmbedding(nn.Module):
     """Turns position ids into the :class:`Rope` tables the mixers consume.
 

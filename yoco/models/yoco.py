@@ -27,6 +27,7 @@ from yoco.layers.dilated_attention import DilatedAttention
 from yoco.layers.gated_retention import GatedRetention
 from yoco.layers.parts import make_cross_attention, make_mlp, make_self_attention
 from yoco.layers.retention import MultiScaleRetention
+from yoco.layers.rotary import NO_POSITIONS
 from yoco.models.base import CausalLM, DecoderBackbone, DecoderConfig, last_positions
 from yoco.ops.dilated_attention import check_patterns
 
@@ -45,6 +46,10 @@ class YocoConfig(DecoderConfig):
     # LongNet dilated attention (self_decoder="dilated"): one (segment, ratio) per pattern.
     dilated_segments: list[int] = field(default_factory=lambda: [64, 256, 1024])
     dilated_ratios: list[int] = field(default_factory=lambda: [1, 4, 16])
+    # False: the cross-decoder's attention is position-free (NoPE): no rotary on the shared keys
+    # or the cross queries, so looking a token up by content works the same at every distance,
+    # including distances never seen in training. The self-decoder keeps its positions.
+    cross_decoder_positions: bool = True
 
     def __post_init__(self, **kwargs):
         if self.num_self_decoder_layers is None:
@@ -123,7 +128,8 @@ class YocoModel(DecoderBackbone):
     def body(self, x, rope, cache: YocoCache | None = None, keep_last: int | None = None):
         for i, layer in enumerate(self.self_decoder):
             x = layer(x, rope=rope, cache=None if cache is None else cache.self_decoder[i])
-        keys, values = self.shared_kv(x, rope)  # computed once, read by every cross layer
+        cross_rope = rope if self.config.cross_decoder_positions else NO_POSITIONS
+        keys, values = self.shared_kv(x, cross_rope)  # computed once, read by every cross layer
         key_mask = None
         if cache is not None:
             keys, values, key_mask = cache.shared_kv.append(keys, values)
@@ -132,9 +138,9 @@ class YocoModel(DecoderBackbone):
         x = last_positions(x, keep_last)
         if x.shape[1] == 0:
             return x
-        rope = rope.last(keep_last)
+        cross_rope = cross_rope.last(keep_last)
         for layer in self.cross_decoder:
-            x = layer(x, rope=rope, shared_kv=(keys, values), key_mask=key_mask)
+            x = layer(x, rope=cross_rope, shared_kv=(keys, values), key_mask=key_mask)
         return x
 
     def new_cache(self, batch_size: int, capacity: int, dtype, device) -> YocoCache:
