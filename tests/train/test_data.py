@@ -133,19 +133,24 @@ def test_needle_documents_fill_whole_sequences_of_their_length():
         assert b"\nWhat is the special magic" in bytes(t for t in sequence if t < 256)
 
 
-def test_copy_documents_repeat_a_quarter_length_span_and_fill_their_length():
+def test_copy_documents_repeat_a_span_at_any_distance_and_fill_their_length():
     docs = list_documents("copy:128:4")
     assert [d.text() for d in docs] == [d.text() for d in list_documents("copy:128:4")]
-    for doc in docs:
+    distances = []
+    for doc in list_documents("copy:128:64"):
         text = doc.text()
         assert len(text) == 127 and all(" " <= c <= "~" for c in text)  # printable ASCII; + EOS = 128
-        # Some 32-byte span of the first 63 bytes reappears, after it ends, in the rest.
-        assert any(text[i : i + 32] in text[i + 32 :] for i in range(32))
+        # Some 16-byte span reappears later; random bytes repeat 16 in a row by chance ~never.
+        found = [(i, text.index(text[i : i + 16], i + 16)) for i in range(112) if text[i : i + 16] in text[i + 16 :]]
+        assert found
+        distances.append(found[0][1] - found[0][0])
+    # Distances run from the span's length to the whole document (16..111), not one band of it.
+    assert min(distances) < 40 and max(distances) > 90, sorted(distances)
     every_byte = "".join(d.text() for d in list_documents("copy:128:32"))
     assert set(string.digits) <= set(every_byte)  # digits are copy targets too
     stream = PackedStream(docs, encode_bytes, EOS_ID, seq_len=128, seed=0)
     assert stream.next_sequence()[-1] == EOS_ID
-    with pytest.raises(DataError, match="at least 8"):
+    with pytest.raises(DataError, match="at least 16"):
         list_documents("copy:4")
     with pytest.raises(DataError, match="copy:LENGTH"):
         list_documents("copy:12:3:9")

@@ -86,19 +86,21 @@ PRINTABLE = "".join(map(chr, range(ord(" "), ord("~") + 1)))  # digits and punct
 
 
 def copy_training_text(index: int, length: int) -> str:
-    """``length - 1`` random printable ASCII bytes (the EOS makes ``length``) in which the span
-    of ``length // 4`` bytes starting in the first quarter reappears 0 to ``length // 4`` bytes
-    after its end. Only a model that looks the span up by content predicts the repeat. Every
-    printable byte is a copy target, digits included: a model that only ever copied letters
-    did not copy the needle's digits."""
-    if length < 8:
-        raise ValueError(f"copy documents need a length of at least 8, got {length}")
+    """``length - 1`` random printable ASCII bytes (the EOS makes ``length``) in which a span of
+    ``length // 8`` bytes reappears later, its copy starting a distance drawn uniformly from
+    ``span .. length - 1 - span`` bytes after the original starts. Only a model that looks the
+    span up by content predicts the repeat. Every printable byte is a copy target, digits
+    included: a model that only ever copied letters did not copy the needle's digits. The
+    distance covers the whole document: with repeats only 1/4 to 1/2 of the length back, a
+    needle model retrieved over those distances and rarely over longer or shorter ones."""
+    if length < 16:
+        raise ValueError(f"copy documents need a length of at least 16, got {length}")
     rng = random.Random(f"copy-train:{index}")
     text = [rng.choice(PRINTABLE) for _ in range(length - 1)]
-    span = length // 4
-    start, gap = rng.randrange(span), rng.randint(0, span)
-    repeat = start + span + gap  # at most 3 * span - 1, so the repeat ends before the EOS
-    text[repeat : repeat + span] = text[start : start + span]
+    span = length // 8
+    distance = rng.randint(span, length - 1 - span)  # so the copy ends before the EOS
+    start = rng.randint(0, length - 1 - span - distance)
+    text[start + distance : start + distance + span] = text[start : start + span]
     return "".join(text)
 
 
