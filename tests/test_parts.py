@@ -101,7 +101,9 @@ def test_a_position_free_cross_decoder_reads_its_cache_as_a_set(attention_type):
     shuffled = torch.cat([x[:, torch.randperm(23, generator=torch.Generator().manual_seed(2))], x[:, -1:]], 1)
     last = {}
     for positions in (True, False):
-        backbone = tiny_model("yoco-swa", attention_type=attention_type, cross_decoder_positions=positions).model
+        backbone = tiny_model(
+            "yoco-swa", attention_type=attention_type, cross_decoder_positions=positions
+        ).model
         backbone.self_decoder = torch.nn.ModuleList()  # the cross-decoder alone reads x
         with torch.no_grad():  # sharp attention, so where it looks shows in the output
             for name, weight in backbone.named_parameters():

@@ -141,7 +141,11 @@ def test_copy_documents_repeat_a_span_at_any_distance_and_fill_their_length():
         text = doc.text()
         assert len(text) == 127 and all(" " <= c <= "~" for c in text)  # printable ASCII; + EOS = 128
         # Some 16-byte span reappears later; random bytes repeat 16 in a row by chance ~never.
-        found = [(i, text.index(text[i : i + 16], i + 16)) for i in range(112) if text[i : i + 16] in text[i + 16 :]]
+        found = [
+            (i, text.index(text[i : i + 16], i + 16))
+            for i in range(112)
+            if text[i : i + 16] in text[i + 16 :]
+        ]
         assert found
         distances.append(found[0][1] - found[0][0])
     # Distances run from the span's length to the whole document (16..111), not one band of it.

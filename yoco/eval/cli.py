@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> None:
         "--models",
         nargs="+",
         default=["yoco-swa", "yoco-gret", "swa-only", "gret-only", "transformer"],
-        help="model kinds; append +diff, +moe or +mhmoe to swap in a part (e.g. yoco-swa+diff)",
+        help="model kinds; append +diff, +moe, +mhmoe or +nope (YOCO only: a position-free "
+        "cross-decoder) to swap in a part (e.g. yoco-swa+diff)",
     )
     mqar.add_argument("--widths", type=int, nargs="+", default=[64, 128])
     mqar.add_argument(
