@@ -114,3 +114,10 @@ def test_a_position_free_cross_decoder_reads_its_cache_as_a_set(attention_type):
             last[positions] = [backbone.body(inputs, rope, keep_last=1) for inputs in (x, shuffled)]
     torch.testing.assert_close(*last[False], rtol=1e-5, atol=1e-6)
     assert not torch.allclose(*last[True], rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["transformer", "retnet"])
+def test_a_yoco_only_option_on_another_kind_is_refused(kind):
+    # PretrainedConfig keeps unknown keywords, so without the check it would silently do nothing.
+    with pytest.raises(ValueError, match="cross_decoder_positions is a YOCO config field"):
+        tiny_model(kind, cross_decoder_positions=False)
