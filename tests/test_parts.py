@@ -94,11 +94,13 @@ def test_xpos_equals_torchscale_xpos_scores():
 
 @pytest.mark.parametrize("attention_type", ["softmax", "differential"])
 def test_a_position_free_cross_decoder_reads_its_cache_as_a_set(attention_type):
-    """Without positions, the last query's cross-attention cannot tell where a key sits: shuffling
-    the earlier positions of the cross-decoder's input leaves the last output unchanged, while
-    the rotary cross-decoder (the default) sees the change."""
+    """Without positions, the last query's cross-attention cannot tell where a key sits:
+    shuffling the earlier positions of the cross-decoder's input, or giving every token a
+    scrambled position id (which would show a rotation of queries or keys alone), leaves the
+    last output unchanged, while the rotary cross-decoder (the default) sees the shuffle."""
     x = torch.randn(1, 24, 32, generator=torch.Generator().manual_seed(1))
     shuffled = torch.cat([x[:, torch.randperm(23, generator=torch.Generator().manual_seed(2))], x[:, -1:]], 1)
+    scrambled_ids = torch.randperm(500, generator=torch.Generator().manual_seed(3))[:24][None]
     last = {}
     for positions in (True, False):
         backbone = tiny_model(
@@ -110,10 +112,16 @@ def test_a_position_free_cross_decoder_reads_its_cache_as_a_set(attention_type):
                 if name.endswith(("q_proj.weight", "k_proj.weight")):
                     weight.mul_(30)
         rope = backbone.rotary_emb(torch.arange(24)[None], x.dtype)
+        scrambled = backbone.rotary_emb(scrambled_ids, x.dtype)
         with torch.no_grad():
-            last[positions] = [backbone.body(inputs, rope, keep_last=1) for inputs in (x, shuffled)]
-    torch.testing.assert_close(*last[False], rtol=1e-5, atol=1e-6)
-    assert not torch.allclose(*last[True], rtol=1e-3, atol=1e-3)
+            last[positions] = [
+                backbone.body(x, rope, keep_last=1),
+                backbone.body(shuffled, rope, keep_last=1),
+                backbone.body(x, scrambled, keep_last=1),
+            ]
+    for other in last[False][1:]:
+        torch.testing.assert_close(other, last[False][0], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(last[True][1], last[True][0], rtol=1e-3, atol=1e-3)
 
 
 @pytest.mark.parametrize("kind", ["transformer", "retnet"])

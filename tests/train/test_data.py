@@ -154,7 +154,8 @@ def test_copy_documents_repeat_a_span_at_any_distance_and_fill_their_length():
     assert set(string.digits) <= set(every_byte)  # digits are copy targets too
     stream = PackedStream(docs, encode_bytes, EOS_ID, seq_len=128, seed=0)
     assert stream.next_sequence()[-1] == EOS_ID
+    assert len(list_documents("copy:16:1")[0].text()) == 15  # the shortest: a 2-byte span
     with pytest.raises(DataError, match="at least 16"):
-        list_documents("copy:4")
+        list_documents("copy:15")
     with pytest.raises(DataError, match="copy:LENGTH"):
         list_documents("copy:12:3:9")

@@ -1,7 +1,9 @@
 """YOCO's cross-decoder attention and the one K/V projection it reads.
 
 The self-decoder's output X is normalised and projected **once** into a global key/value pair
-(``SharedKV``); rotary is applied to the keys once. Every cross-decoder layer then has only
+(``SharedKV``); rotary is applied to the keys once (or not at all: with
+``cross_decoder_positions=False`` the model passes ``NO_POSITIONS`` instead of the rotary
+tables, and the cross-decoder is position-free). Every cross-decoder layer then has only
 its own query and output projections (``CrossAttention``) and attends causally to that pair.
 This is why YOCO caches one K/V for the whole model instead of one per layer.
 """

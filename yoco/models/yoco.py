@@ -5,7 +5,8 @@
               (sliding-window attention "swa", gated retention "gret", RetNet's multi-scale
               retention "retention"), or LongNet's dilated attention "dilated" (its cache
               grows, see yoco.layers.dilated_attention)
-           -> SharedKV: norm + one K/V projection (rotary on K)       <- the only cache that grows
+           -> SharedKV: norm + one K/V projection (rotary on K, unless   <- the only cache that grows
+              cross_decoder_positions=False: then no positions in the cross-decoder)
            -> cross-decoder: the remaining blocks, each attending causally to that one K/V
            -> norm -> LM head
 
