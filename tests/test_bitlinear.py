@@ -174,7 +174,7 @@ def test_bitnet_cached_decoding_equals_full_forward(kind):
     with torch.no_grad():
         full = model(ids).logits[:, 20:]
         _, cache = yoco.prefill(model, ids[:, :20])
-        steps = torch.cat([model(ids[:, t : t + 1], past_key_values=cache).logits for t in range(20, 30)], 1)
+        steps = torch.cat([model(ids[:, t : t + 1], cache=cache).logits for t in range(20, 30)], 1)
     torch.testing.assert_close(steps, full, atol=1e-5, rtol=0)
 
     prompt = prompt_of(13, seed=3)

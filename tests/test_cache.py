@@ -49,7 +49,7 @@ def test_capacity_reserved_up_front_never_moves():
     _, cache = yoco.prefill(model, list(range(20)), capacity=60)
     pointer = cache.shared_kv.keys.data_ptr()
     for token in range(40):
-        model(torch.tensor([[token]]), past_key_values=cache)
+        model(torch.tensor([[token]]), cache=cache)
     assert cache.shared_kv.keys.data_ptr() == pointer
     assert cache.lengths == [60]
 

@@ -166,7 +166,7 @@ def test_cached_prefill_and_steps_equal_the_full_forward(kind, chunk):
     with torch.no_grad():
         full = model(ids).logits
         last, cache = yoco.prefill(model, ids[:, :20], chunk_size=chunk)
-        steps = [model(ids[:, t : t + 1], past_key_values=cache).logits for t in range(20, ids.shape[1])]
+        steps = [model(ids[:, t : t + 1], cache=cache).logits for t in range(20, ids.shape[1])]
     torch.testing.assert_close(last, full[:, 19], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(torch.cat(steps, dim=1), full[:, 20:], atol=1e-5, rtol=1e-5)
     # Packed pairs: the cache holds exactly the bytes of the softmax baseline's.
@@ -198,7 +198,7 @@ def test_bf16_cached_logits_track_fp32(kind):
         reference = model(ids).logits[0, 20:]
         low = model.to(torch.bfloat16)
         _, cache = yoco.prefill(low, ids[0, :20])
-        steps = [low(ids[:, t : t + 1], past_key_values=cache).logits[0, 0].float() for t in range(20, 30)]
+        steps = [low(ids[:, t : t + 1], cache=cache).logits[0, 0].float() for t in range(20, 30)]
     torch.testing.assert_close(torch.stack(steps), reference, atol=0.03, rtol=0.05)
 
 

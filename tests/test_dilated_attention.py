@@ -161,7 +161,7 @@ def test_chunked_prefill_and_steps_equal_the_full_forward(chunk):
     torch.testing.assert_close(last, full[:, 26], atol=1e-4, rtol=1e-4)
     with torch.no_grad():
         for t in range(27, 37):
-            step = model(ids[:, t : t + 1], past_key_values=cache).logits[:, 0]
+            step = model(ids[:, t : t + 1], cache=cache).logits[:, 0]
             torch.testing.assert_close(step, full[:, t], atol=1e-4, rtol=1e-4)
 
 

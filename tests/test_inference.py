@@ -46,8 +46,8 @@ def test_chunked_prefill_equals_one_shot_and_plain_forward(model_kind, chunk):
     # The caches must carry on identically too: decode the same next token from both.
     step = torch.tensor([[3], [4]])
     with torch.no_grad():
-        next_a = model(step, past_key_values=cache_a).logits
-        next_b = model(step, past_key_values=cache_b).logits
+        next_a = model(step, cache=cache_a).logits
+        next_b = model(step, cache=cache_b).logits
         full = model(torch.cat([ids, step], dim=1)).logits[:, -1:]
     torch.testing.assert_close(next_a, full, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(next_b, full, atol=1e-4, rtol=1e-4)
@@ -78,7 +78,7 @@ def test_transformers_generate_uses_our_cache_and_matches(model_kind):
 
     def recording_forward(*args, **kwargs):
         lengths.append(kwargs["input_ids"].shape[1])
-        assert isinstance(kwargs["past_key_values"], yoco.cache.ModelCache)
+        assert isinstance(kwargs["cache"], yoco.cache.ModelCache)
         return original_forward(*args, **kwargs)
 
     model.forward = recording_forward
@@ -172,7 +172,7 @@ def test_bf16_cached_logits_track_fp32(model_kind):
     steps = []
     with torch.no_grad():
         for t in range(20, 30):
-            steps.append(low(ids[:, t : t + 1], past_key_values=cache).logits[0, 0].float())
+            steps.append(low(ids[:, t : t + 1], cache=cache).logits[0, 0].float())
     torch.testing.assert_close(torch.stack(steps), reference, atol=0.03, rtol=0.05)
 
 
@@ -200,7 +200,7 @@ def test_a_rejected_step_leaves_the_cache_untouched(model_kind):
     before = (list(cache.lengths), cache.nbytes())
     for bad in (torch.tensor([[99]]), torch.tensor([[1] * 503])):
         with pytest.raises(ValueError):
-            model(bad, past_key_values=cache)
+            model(bad, cache=cache)
     assert (list(cache.lengths), cache.nbytes()) == before
 
 
@@ -208,10 +208,44 @@ def test_transformers_beam_search_and_multiple_sequences(model_kind):
     model = tiny_model(model_kind)
     ids = torch.tensor([prompt_of(10), prompt_of(10, seed=4)])
     with_cache = model.generate(ids, max_new_tokens=8, num_beams=3, num_return_sequences=3)
+    # use_cache=False reruns the full forward every step: the slow, obviously-correct reference.
     without = model.generate(ids, max_new_tokens=8, num_beams=3, num_return_sequences=3, use_cache=False)
     assert torch.equal(with_cache, without), "beam reordering must follow the beams"
+    greedy = model.generate(ids, max_new_tokens=8, do_sample=False, use_cache=False)
+    assert greedy[:, 10:].tolist() == yoco.generate(model, ids, 8)
     sampled = model.generate(ids, max_new_tokens=6, do_sample=True, num_return_sequences=3)
     assert sampled.shape == (6, 16)
+
+
+def test_transformers_generate_takes_a_callers_cache_and_the_old_keyword(model_kind):
+    model = tiny_model(model_kind)
+    prompt = torch.tensor([prompt_of(9)])
+    expected = yoco.generate(model, prompt, 6)
+    cache = model.new_cache(1)
+    out = model.generate(prompt, max_new_tokens=6, do_sample=False, cache=cache)
+    assert out[:, 9:].tolist() == expected
+    assert cache.lengths == [9 + 5], "generate() must have filled the cache it was given"
+    # past_key_values, the keyword before transformers 5.24, still reaches the cache.
+    _, filled = yoco.prefill(model, prompt)
+    step = torch.tensor([[expected[0][0]]])
+    old = model(step, past_key_values=filled).logits
+    assert filled.lengths == [10]
+    _, again = yoco.prefill(model, prompt)
+    torch.testing.assert_close(old, model(step, cache=again).logits, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="not both"):
+        model(step, cache=again, past_key_values=filled)
+
+
+def test_the_private_generation_hook_is_the_one_we_override(monkeypatch):
+    """Fails, naming the installed transformers version, when a release changes the hook."""
+    import transformers
+
+    hooks = yoco.models.hf_generation
+    hooks.check_generation_hook()
+    # The check can fail: against another expected signature it names the installed version.
+    monkeypatch.setattr(hooks, "HOOK_PARAMETERS", (*hooks.HOOK_PARAMETERS, "a_later_parameter"))
+    with pytest.raises(RuntimeError, match=f"transformers {transformers.__version__} changed"):
+        hooks.check_generation_hook()
 
 
 def test_prompt_lookup_decoding_rolls_back_or_refuses(model_kind):
@@ -239,7 +273,7 @@ def test_a_step_that_does_not_fit_the_cache_is_refused_before_writing(model_kind
     for cache, ids, message in cases:
         before = [list(s.lengths) for s in cache.stores()], cache.nbytes()
         with pytest.raises(ValueError, match=message):
-            model(ids, past_key_values=cache)
+            model(ids, cache=cache)
         assert ([list(s.lengths) for s in cache.stores()], cache.nbytes()) == before
     with pytest.raises(ValueError, match="make a new cache"):
-        model.to(torch.bfloat16)(torch.tensor([[1]]), past_key_values=short)
+        model.to(torch.bfloat16)(torch.tensor([[1]]), cache=short)

@@ -180,9 +180,9 @@ def test_cached_prefill_and_steps_equal_the_full_forward(kind, ffn):
     with torch.no_grad():
         full = model(ids).logits
         cache = model.new_cache(2, 0)
-        pieces = [model(ids[:, :13], past_key_values=cache).logits]  # chunked prefill
-        pieces += [model(ids[:, 13:20], past_key_values=cache).logits]
-        pieces += [model(ids[:, i : i + 1], past_key_values=cache).logits for i in range(20, 30)]  # steps
+        pieces = [model(ids[:, :13], cache=cache).logits]  # chunked prefill
+        pieces += [model(ids[:, 13:20], cache=cache).logits]
+        pieces += [model(ids[:, i : i + 1], cache=cache).logits for i in range(20, 30)]  # steps
     torch.testing.assert_close(torch.cat(pieces, 1), full, rtol=1e-4, atol=1e-4)
     prompt = ids[0, :12].tolist()
     expected = greedy_by_full_forward(model, prompt, 6)

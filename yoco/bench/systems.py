@@ -59,7 +59,7 @@ class Runner:
         """ids (1, N) -> (next-token logits (1, V), cache)."""
         if self.is_hf:
             out = self.model(ids, use_cache=True, logits_to_keep=1)
-            return out.logits[:, -1], out.past_key_values
+            return out.logits[:, -1], out.cache
         return yoco.prefill(self.model, ids, capacity=ids.shape[1] + reserve)
 
     @torch.no_grad()
@@ -67,7 +67,7 @@ class Runner:
         """Greedy decoding for ``steps`` tokens, every row of the cache at once."""
         for _ in range(steps):
             token = logits.argmax(dim=-1, keepdim=True)
-            logits = self.model(token, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+            logits = self.model(token, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
 
     def replicate(self, cache, batch: int):
         """A fresh copy of ``cache`` with its one row repeated ``batch`` times."""

@@ -78,7 +78,7 @@ def prefill(
         embeds = model.model.embed_tokens(chunk)
         model.model(embeds, _positions(cache, chunk.shape[1], ids.device), cache, keep_last=0)
     last_chunk = ids[:, ((n - 1) // step) * step :]
-    logits = model(last_chunk, past_key_values=cache, logits_to_keep=1).logits[:, -1]
+    logits = model(last_chunk, cache=cache, logits_to_keep=1).logits[:, -1]
     return logits, cache
 
 
@@ -125,7 +125,7 @@ def stream_generate(
         yield emitted
         if all(done) or step == max_new_tokens - 1:
             return
-        logits = model(tokens[:, None], past_key_values=cache, logits_to_keep=1).logits[:, -1]
+        logits = model(tokens[:, None], cache=cache, logits_to_keep=1).logits[:, -1]
 
 
 def generate(model, prompts, max_new_tokens: int, **options) -> list[list[int]]:

@@ -17,6 +17,7 @@ from yoco.layers.bitlinear import convert_to_bitlinear
 from yoco.layers.moe import moe_aux_loss
 from yoco.layers.norm import RMSNorm
 from yoco.layers.rotary import RotaryEmbedding
+from yoco.models.hf_generation import MakesOwnCache
 
 POSITION_EMBEDDINGS = ("rope", "xpos")
 ATTENTION_TYPES = ("softmax", "differential")
@@ -118,7 +119,7 @@ class DecoderPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["DecoderLayer"]
 
 
-class CausalLM(DecoderPreTrainedModel, GenerationMixin):
+class CausalLM(MakesOwnCache, DecoderPreTrainedModel, GenerationMixin):
     """Token ids -> ``self.model`` (embedding + body + final norm) -> LM head -> logits, loss."""
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
@@ -149,30 +150,23 @@ class CausalLM(DecoderPreTrainedModel, GenerationMixin):
         """An empty inference cache for this model, in the model's dtype and device."""
         return self.model.new_cache(batch_size, capacity, self.dtype, self.device)
 
-    def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
-        """``model.generate()`` hook: hand it our cache instead of a per-layer DynamicCache."""
-        if model_kwargs.get("past_key_values") is None and generation_config.use_cache is not False:
-            batch_size = kwargs.get("batch_size", args[1] if len(args) > 1 else 1)
-            capacity = kwargs.get("max_cache_length", args[2] if len(args) > 2 else 0)
-            # generate() expands the inputs for beams / multiple return sequences afterwards.
-            rows = batch_size * max(
-                generation_config.num_beams or 1, generation_config.num_return_sequences or 1
-            )
-            model_kwargs["past_key_values"] = self.new_cache(rows, capacity)
-
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: ModelCache | None = None,
+        cache: ModelCache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int = 0,
+        past_key_values: ModelCache | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
-        """Logits for ``input_ids`` (B, N), continuing ``past_key_values`` when given.
+        """Logits for ``input_ids`` (B, N), continuing ``cache`` (from :meth:`new_cache`) when given.
+
+        ``past_key_values`` is the name transformers used for ``cache`` before 5.24; it is still
+        taken, so a caller using the old name does not silently start from an empty cache.
 
         ``logits_to_keep = k > 0`` computes logits for the last k positions only; in YOCO the
         cross-decoder then runs for those positions only (prefill early exit, exact).
@@ -185,9 +179,12 @@ class CausalLM(DecoderPreTrainedModel, GenerationMixin):
                 "padded attention_mask is not supported by the forward pass; "
                 "use yoco.generate for batches of unequal prompts"
             )
-        cache = past_key_values
+        if past_key_values is not None:
+            if cache is not None:
+                raise ValueError("pass the cache as cache= or past_key_values=, not both")
+            cache = past_key_values
         if cache is not None and not isinstance(cache, ModelCache):
-            raise ValueError(f"past_key_values must come from model.new_cache(), got {type(cache).__name__}")
+            raise ValueError(f"the cache must come from model.new_cache(), got {type(cache).__name__}")
         if input_ids is not None:
             self.check_input_ids(input_ids)
             inputs_embeds = self.model.embed_tokens(input_ids)
@@ -212,7 +209,7 @@ class CausalLM(DecoderPreTrainedModel, GenerationMixin):
             aux = moe_aux_loss(self)  # None without mixture-of-experts layers
             if aux is not None:
                 loss = loss + self.config.router_aux_loss_coef * aux
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=cache)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=cache)
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
