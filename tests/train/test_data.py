@@ -1,11 +1,13 @@
 """Data pipeline: document listing, split, packing, mixing, resumable position."""
 
 import collections
+import re
 import string
 
 import pytest
 
 from yoco.tokenizer import EOS_ID, byte_tokenizer, encode_bytes
+from yoco.train.config import DataSource
 from yoco.train.data import DataError, Mixture, PackedStream, list_documents, split_documents
 
 
@@ -159,3 +161,79 @@ def test_copy_documents_repeat_a_span_at_any_distance_and_fill_their_length():
         list_documents("copy:15")
     with pytest.raises(DataError, match="copy:LENGTH"):
         list_documents("copy:12:3:9")
+
+
+def size_config(tmp_path, text, **sections):
+    from tests.train.conftest import tiny_config
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(text)
+    config = tiny_config((tmp_path, tmp_path), **sections)  # (sources replaced below)
+    config.data.sources = [DataSource(str(corpus))]
+    return config, corpus
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "hello world\n",
+            r"holds 13 tokens with EOS, not enough for one training sequence of data.seq_len = 32 "
+            r"tokens \(one batch needs 4 x 32 = 128\)",
+        ),
+        (" \n\t\n   \n" * 20, r"holds only whitespace \(161 tokens with EOS\)"),
+    ],
+)
+def test_a_corpus_without_one_training_sequence_is_refused_naming_it(tmp_path, text, message):
+    from yoco.train.loop import train
+
+    config, corpus = size_config(tmp_path, text, **{"data.val_fraction": 0})
+    where = re.escape(f"data source {corpus}: its training split (1 document(s)) ")
+    with pytest.raises(DataError, match=where + message):
+        train(config, tmp_path / "run", show_progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_corpus_smaller_than_a_batch_or_without_validation_trains_with_warnings(tmp_path, capsys):
+    from yoco.train.loop import train
+
+    # 100 bytes + EOS: three sequences of 32, not the 4 x 32 of a batch; one document, which a
+    # validation fraction of 1e-9 leaves out of the held-out split.
+    config, corpus = size_config(tmp_path, "x = 1\n" * 16 + "pass", **{"data.val_fraction": 1e-9})
+    summary = train(config, tmp_path / "run", stop_at=2, show_progress=False)
+    assert sorted(summary["losses"]) == [1, 2] and summary["val_loss"] is None
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert warnings == [
+        f"yoco train: warning: {corpus}: the training split holds 101 tokens, fewer than one batch of "
+        "train.batch_size x data.seq_len = 4 x 32 = 128: every batch repeats it",
+        f"yoco train: warning: {corpus}: no document fell in the validation split "
+        "(data.val_fraction = 1e-09 of 1 document(s)): no validation loss",
+    ]
+
+
+def test_the_size_check_reads_a_large_corpus_only_as_far_as_it_needs(monkeypatch):
+    from yoco.train import data
+
+    read = []
+    real = data.DocRef.text
+    monkeypatch.setattr(data.DocRef, "text", lambda self: read.append(self.doc_id) or real(self))
+    docs = list_documents("stdlib")
+    tokens, text_seen = data.count_tokens(docs, encode_bytes, 4096)
+    assert tokens >= 4096 and text_seen and len(read) < 5 < len(docs)
+
+
+def test_a_validation_split_smaller_than_its_batches_is_reported(tmp_path):
+    from yoco.train.config import DataConfig
+    from yoco.train.data import check_sizes
+
+    (tmp_path / "t").mkdir(), (tmp_path / "v").mkdir()
+    train_docs = docs_of(tmp_path / "t", ["x" * 300])
+    val_docs = docs_of(tmp_path / "v", ["y" * 50])
+    config = DataConfig(sources=[DataSource(str(tmp_path / "t"))], seq_len=32)
+    mixture = Mixture([PackedStream(train_docs, encode_bytes, EOS_ID, 32, seed=0)], [1.0], seed=0)
+    val = PackedStream(val_docs, encode_bytes, EOS_ID, 32, seed=0, shuffle=False)
+    assert check_sizes(config, mixture, val, batch_size=4, eval_batches=2) == [
+        f"warning: {tmp_path / 't'}: the validation split holds 51 tokens, fewer than the "
+        "eval.batches x train.batch_size x data.seq_len = 2 x 4 x 32 = 256 it is read for: validation sequences repeat"
+    ]
+    assert check_sizes(config, mixture, val, batch_size=4, eval_batches=0) == []  # (no validation asked for)

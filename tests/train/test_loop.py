@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -88,6 +89,10 @@ def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(corpus, tmp_pa
         ({"model.architecture": '"rnn"'}, "model.architecture"),
         ({"train.batch_size": 3, "train.grad_accum": 2}, "multiple of"),
         ({"data.sources": '[{path="/nonexistent/data"}]'}, "does not exist"),
+        ({"train.max_steps": 0}, "train.max_steps must be >= 1, got 0"),
+        ({"checkpoint.every": 0}, "checkpoint.every must be >= 1, got 0"),
+        ({"logging.every": 0}, "logging.every must be >= 1"),
+        ({"data.seq_len": 0}, "data.seq_len must be >= 1"),
     ],
 )
 def test_bad_configs_fail_at_start_naming_the_problem(corpus, tmp_path, overrides, message):
@@ -115,6 +120,11 @@ def test_resume_logs_each_step_once(corpus, tmp_path):
 def test_resuming_into_a_different_shape_fails(corpus, tmp_path):
     train(tiny_config(corpus), tmp_path / "run", stop_at=5, show_progress=False)
     other = tiny_config(corpus, **{"model.hidden_size": 64})
+    with pytest.raises(ConfigError, match="recipe differs .*model.hidden_size: 32 -> 64"):
+        train(other, tmp_path / "run", resume=True, show_progress=False)
+    # Without a stored recipe to compare, the weights' shape check still refuses it.
+    (tmp_path / "run" / "checkpoints" / "step-0000005" / "run_config.json").unlink()
+    (tmp_path / "run" / "run_config.json").unlink()
     with pytest.raises(ConfigError, match="different model shape.*hidden_size"):
         train(other, tmp_path / "run", resume=True, show_progress=False)
 
@@ -240,3 +250,126 @@ def test_a_retnet_trains_and_its_checkpoint_loads(corpus, tmp_path):
     train(config, tmp_path / "run", show_progress=False)
     model = AutoModelForCausalLM.from_pretrained(ckpt.latest_checkpoint(tmp_path / "run" / "checkpoints"))
     assert type(model).__name__ == "RetNetForCausalLM"
+
+
+def files_of(run):
+    return {p.relative_to(run): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+def test_resume_with_a_changed_recipe_is_refused_and_leaves_the_run_untouched(corpus, tmp_path):
+    run = tmp_path / "run"
+    train(tiny_config(corpus, **{"logging.tensorboard": "true"}), run, stop_at=5, show_progress=False)
+    stored = json.loads((run / "checkpoints" / "step-0000005" / "run_config.json").read_text())
+    assert stored == json.loads((run / "run_config.json").read_text())
+    assert stored["train"]["batch_size"] == 4
+    before = files_of(run)
+    changed = tiny_config(
+        corpus,
+        **{
+            "logging.tensorboard": "true",
+            "train.batch_size": 8,
+            "data.seq_len": 64,
+            "optimizer.lr": 1e-3,
+            "model.sliding_window": 16,  # (not set by the first run)
+            "train.max_steps": 20,  # (allowed alone)
+        },
+    )
+    with pytest.raises(
+        ConfigError, match="recipe differs from the one step-0000005 was trained with"
+    ) as caught:
+        train(changed, run, resume=True, show_progress=False)
+    message = str(caught.value)
+    for difference in (
+        "train.batch_size: 4 -> 8",
+        "data.seq_len: 32 -> 64",
+        "optimizer.lr: 0.003 -> 0.001",
+        "model.sliding_window: (not set) -> 16",
+    ):
+        assert difference in message, message
+    assert "max_steps" not in message.split("Only")[0]  # (the stop may move)
+    assert files_of(run) == before  # run_config.json, metrics, TensorBoard, checkpoints: byte for byte
+
+
+def test_resume_may_move_the_stop_and_the_cadences(corpus, tmp_path, capsys):
+    run = tmp_path / "run"
+    train(tiny_config(corpus), run, show_progress=False)  # the whole 12 steps
+    capsys.readouterr()
+    longer = tiny_config(corpus, **{"train.max_steps": 16, "checkpoint.every": 3, "eval.every": 2})
+    losses = train(longer, run, resume=True, show_progress=False)["losses"]
+    assert sorted(losses) == [13, 14, 15, 16]
+    assert (
+        "train.max_steps 12 -> 16: the learning-rate schedule now spans 16 steps" in capsys.readouterr().err
+    )
+    assert [p.name for p in ckpt.list_checkpoints(run / "checkpoints")][-2:] == [
+        "step-0000015",
+        "step-0000016",
+    ]
+    latest = ckpt.latest_checkpoint(run / "checkpoints")
+    assert json.loads((latest / "run_config.json").read_text())["train"]["max_steps"] == 16
+    assert json.loads((run / "run_config.json").read_text())["train"]["max_steps"] == 16
+    # The record of what the first 12 steps were trained with travels with the checkpoints.
+    assert ckpt.load_checkpoint(latest)["trainer"]["recipe_changes"] == [
+        {
+            "step": 12,
+            "changed": {"train.max_steps": [12, 16], "checkpoint.every": [5, 3], "eval.every": [4, 2]},
+        }
+    ]
+    assert sorted(losses_of(run)) == list(range(1, 17))
+
+
+def test_resume_checks_a_checkpoint_without_a_stored_recipe_against_run_config_json(corpus, tmp_path):
+    run = tmp_path / "run"
+    train(tiny_config(corpus), run, stop_at=5, show_progress=False)
+    (run / "checkpoints" / "step-0000005" / "run_config.json").unlink()  # as written before this check
+    with pytest.raises(ConfigError, match=r"run_config.json\): train.batch_size: 4 -> 8"):
+        train(tiny_config(corpus, **{"train.batch_size": 8}), run, resume=True, show_progress=False)
+    assert sorted(train(tiny_config(corpus), run, resume=True, show_progress=False)["losses"]) == list(
+        range(6, 13)
+    )
+
+
+def test_resuming_a_finished_run_says_there_is_nothing_to_train(corpus, tmp_path):
+    run = tmp_path / "run"
+    train(tiny_config(corpus), run, stop_at=5, show_progress=False)
+    before = files_of(run)
+    with pytest.raises(ConfigError, match="nothing to train, step-0000005 is at step 5 and --max-steps 4"):
+        train(tiny_config(corpus), run, resume=True, stop_at=4, show_progress=False)
+    assert files_of(run) == before
+
+
+def tensorboard_steps(run, tag="loss"):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    return [(e.step, e.value) for e in events.Scalars(tag)]
+
+
+def test_tensorboard_and_metrics_show_each_step_once_after_a_resume(corpus, tmp_path):
+    pytest.importorskip("tensorboard")
+    run = tmp_path / "run"
+    config = tiny_config(corpus, **{"logging.tensorboard": "true"})
+    train(config, run, stop_at=7, show_progress=False)
+    shutil.rmtree(run / "checkpoints" / "step-0000007")  # as if killed after logging steps 6-7
+    assert [s for s, _ in tensorboard_steps(run)] == list(range(1, 8))
+    time.sleep(1.1)  # (TensorBoard reads event files in name order; a name holds its creation second)
+    resumed = train(config, run, resume=True, show_progress=False)["losses"]
+    logged = tensorboard_steps(run)
+    assert [s for s, _ in logged] == list(range(1, 13))  # 6 and 7 once, not twice
+    assert {s: v for s, v in logged if s > 5} == pytest.approx(resumed)  # the resumed run's values
+    # (step 7's validation came after the lost checkpoint: hidden with the rest of 6-7)
+    assert [s for s, _ in tensorboard_steps(run, "val_loss")] == [4, 8, 12]
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 13))
+
+
+def test_max_steps_zero_is_refused_up_front(corpus, tmp_path, capsys):
+    from yoco.train.cli import main
+
+    with pytest.raises(ConfigError, match="--max-steps must be >= 1, got 0"):
+        train(tiny_config(corpus), tmp_path / "run", stop_at=0, show_progress=False)
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(_to_toml(tiny_config(corpus).to_dict()))
+    with pytest.raises(SystemExit, match="^yoco train: --max-steps must be >= 1, got 0$"):
+        main([str(recipe), "--out", str(tmp_path / "run"), "--max-steps", "0", "--no-progress"])
+    assert not (tmp_path / "run").exists()

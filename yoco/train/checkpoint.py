@@ -2,10 +2,11 @@
 
 A checkpoint is a folder ``step-0000050/`` holding what ``save_pretrained`` writes (config +
 ``model.safetensors``, loadable with ``AutoModelForCausalLM``), the tokenizer, the optimizer's
-tensors as safetensors with their layout in JSON, the torch RNG state, and
-``trainer_state.json`` (step, data position, ...). It is written under a temporary name and
-renamed into place, so a crash mid-write leaves only a ``.tmp-*`` folder that is ignored and
-the previous checkpoint untouched.
+tensors as safetensors with their layout in JSON, the torch RNG state,
+``trainer_state.json`` (step, data position, ...) and ``run_config.json``, the recipe the steps
+up to this one were trained with (a resumed run is checked against it). It is written under a
+temporary name and renamed into place, so a crash mid-write leaves only a ``.tmp-*`` folder
+that is ignored and the previous checkpoint untouched.
 """
 
 import json
@@ -17,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 PREFIX = "step-"
+RECIPE = "run_config.json"  # in a checkpoint: the recipe it was trained with
 
 
 def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
@@ -54,6 +56,7 @@ def save_checkpoint(
     optimizer_state: dict,
     trainer_state: dict,
     keep_last: int,
+    run_config: dict | None = None,
 ) -> Path:
     """Write checkpoint ``step`` under ``root`` atomically, then keep only the last ``keep_last``."""
     root.mkdir(parents=True, exist_ok=True)
@@ -67,6 +70,8 @@ def save_checkpoint(
     (tmp / "optimizer.json").write_text(json.dumps(layout))
     save_file({"cpu": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
     (tmp / "trainer_state.json").write_text(json.dumps(trainer_state))
+    if run_config is not None:
+        (tmp / RECIPE).write_text(json.dumps(run_config, indent=1))
     for file in tmp.iterdir():  # make the bytes durable before the rename publishes them
         with open(file, "rb") as f:
             os.fsync(f.fileno())
@@ -101,6 +106,8 @@ def load_checkpoint(path: Path) -> dict:
         rng=load_file(str(path / "rng.safetensors"))["cpu"],
         trainer=json.loads((path / "trainer_state.json").read_text()),
         config=config,
+        # (None in checkpoints written before recipes were stored with them)
+        recipe=json.loads((path / RECIPE).read_text()) if (path / RECIPE).is_file() else None,
     )
 
 

@@ -7,6 +7,7 @@ The ``[model]`` section takes any field of ``YocoConfig`` / ``TransformerConfig`
 """
 
 import dataclasses
+import json
 import tomllib
 import types
 import typing
@@ -180,3 +181,67 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
             raise ConfigError(f"{path} is not valid TOML: {error}") from error
     raw = apply_overrides(raw, list(overrides))
     return _build(RunConfig, raw, "")
+
+
+# Counts that must be at least 1 (0 would divide by zero mid-run, or train nothing).
+POSITIVE = (
+    "train.max_steps",
+    "train.batch_size",
+    "train.grad_accum",
+    "data.seq_len",
+    "checkpoint.every",
+    "eval.every",
+    "logging.every",
+)
+
+
+def check_counts(cfg: RunConfig) -> None:
+    for key in POSITIVE:
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value < 1:
+            raise ConfigError(f"{key} must be >= 1, got {value}")
+
+
+# What a resumed run may change in its recipe: where the run stops, and how often it writes
+# checkpoints, evaluates and logs. None of these changes a batch or a weight of the steps both
+# recipes train (the stop-and-resume test evaluates and checkpoints at other steps than the
+# uninterrupted run and gets identical losses). Everything else - data, tokenizer, model,
+# optimizer, schedule, batch size, seeds, dtype, eval.batches (which validation batches) -
+# changes what is trained, so a resume with it is refused. train.max_steps is also the span of
+# the learning-rate schedule: the loop says so when a new value moves the learning rate.
+RESUMABLE_CHANGES = frozenset(
+    {"train.max_steps", "checkpoint.every", "checkpoint.keep_last", "eval.every", "logging.every"}
+)
+
+UNSET = object()
+
+
+def _flatten(tree, prefix: str = "") -> dict:
+    """``{"a": {"b": 1}, "l": [{"x": 2}]}`` -> ``{"a.b": 1, "l[0].x": 2}``; other lists are values."""
+    if isinstance(tree, dict):
+        items = [(f"{prefix}.{k}" if prefix else str(k), v) for k, v in tree.items()]
+    elif isinstance(tree, list) and tree and all(isinstance(v, dict) for v in tree):
+        items = [(f"{prefix}[{i}]", v) for i, v in enumerate(tree)]
+    else:
+        return {prefix: tree}
+    flat = {}
+    for key, value in items:
+        flat.update(_flatten(value, key))
+    return flat
+
+
+def recipe_differences(old: dict, new: dict) -> dict[str, tuple]:
+    """Dotted key -> (old value, new value) for every leaf that differs (UNSET where absent),
+    in the order the keys appear."""
+    old_flat, new_flat = _flatten(old), _flatten(new)
+    keys = list(old_flat) + [k for k in new_flat if k not in old_flat]
+    return {
+        k: (old_flat.get(k, UNSET), new_flat.get(k, UNSET))
+        for k in keys
+        if old_flat.get(k, UNSET) != new_flat.get(k, UNSET)
+    }
+
+
+def show_value(value) -> str:
+    return "(not set)" if value is UNSET else json.dumps(value)

@@ -274,3 +274,64 @@ def build_data(data_config, tokenizer) -> tuple[Mixture, PackedStream | None]:
         PackedStream(val_docs, tokenize, eos, data_config.seq_len, 0, shuffle=False) if val_docs else None
     )
     return mixture, val_stream
+
+
+def count_tokens(docs: list[DocRef], tokenize: Callable[[str], list[int]], enough: int) -> tuple[int, bool]:
+    """(tokens, any text) of ``docs`` as a stream packs them (an EOS after each document), read
+    in order until ``enough`` tokens and some non-whitespace text were seen: a large corpus
+    costs a document or two, and a long document is tokenized by its prefix only."""
+    count, text_seen = 0, False
+    for doc in docs:
+        if count >= enough and text_seen:
+            break
+        text = doc.text()
+        text_seen = text_seen or (bool(text) and not text.isspace())
+        cap = max(0, enough - count) * 32 + 1  # characters: far more than `enough` tokens
+        tokens = len(tokenize(text[:cap]))
+        if len(text) > cap and count + tokens < enough:
+            tokens = len(tokenize(text))
+        count += tokens + 1
+    return count, text_seen
+
+
+def check_sizes(data_config, mixture: Mixture, val_stream, batch_size: int, eval_batches: int) -> list[str]:
+    """Raise DataError for a source whose training split cannot fill one sequence (each of its
+    sequences would repeat the same few tokens) or holds only whitespace; return warnings
+    (one line each) for a corpus smaller than one batch and a missing or small validation split."""
+    seq_len, warnings = data_config.seq_len, []
+    batch_tokens = batch_size * seq_len
+    total = 0
+    for source, stream in zip(data_config.sources, mixture.streams, strict=True):
+        tokens, text_seen = count_tokens(stream.docs, stream.tokenize, batch_tokens)
+        where = f"data source {source.path}: its training split ({len(stream.docs)} document(s))"
+        if not text_seen:
+            raise DataError(f"{where} holds only whitespace ({tokens} tokens with EOS)")
+        if tokens < seq_len:
+            raise DataError(
+                f"{where} holds {tokens} tokens with EOS, not enough for one training sequence of "
+                f"data.seq_len = {seq_len} tokens (one batch needs {batch_size} x {seq_len} = {batch_tokens})"
+            )
+        total += tokens
+    names = ", ".join(s.path for s in data_config.sources)
+    if total < batch_tokens:
+        warnings.append(
+            f"warning: {names}: the training split holds {total} tokens, fewer than one batch of "
+            f"train.batch_size x data.seq_len = {batch_size} x {seq_len} = {batch_tokens}: every batch repeats it"
+        )
+    if eval_batches > 0 and data_config.val_fraction > 0:
+        val_tokens = eval_batches * batch_tokens
+        if val_stream is None:
+            documents = sum(len(s.docs) for s in mixture.streams)
+            warnings.append(
+                f"warning: {names}: no document fell in the validation split (data.val_fraction = "
+                f"{data_config.val_fraction} of {documents} document(s)): no validation loss"
+            )
+        else:
+            tokens, _ = count_tokens(val_stream.docs, val_stream.tokenize, val_tokens)
+            if tokens < val_tokens:
+                warnings.append(
+                    f"warning: {names}: the validation split holds {tokens} tokens, fewer than the "
+                    f"eval.batches x train.batch_size x data.seq_len = {eval_batches} x {batch_size} x "
+                    f"{seq_len} = {val_tokens} it is read for: validation sequences repeat"
+                )
+    return warnings

@@ -8,6 +8,7 @@ process would take with batch B (up to floating-point reduction order).
 import dataclasses
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -21,8 +22,15 @@ from yoco.layers.moe import expert_statistics
 from yoco.tokenizer import load_tokenizer
 from yoco.train import checkpoint as ckpt
 from yoco.train import distributed
-from yoco.train.config import ConfigError, RunConfig
-from yoco.train.data import build_data
+from yoco.train.config import (
+    RESUMABLE_CHANGES,
+    ConfigError,
+    RunConfig,
+    check_counts,
+    recipe_differences,
+    show_value,
+)
+from yoco.train.data import build_data, check_sizes
 
 ARCHITECTURES = {
     "yoco": (yoco.YocoConfig, yoco.YocoForCausalLM),
@@ -137,7 +145,9 @@ class MetricsLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.writer = SummaryWriter(str(out / "tensorboard"))
+                # purge_step hides the events of steps after the checkpoint that an earlier
+                # process logged before it was stopped (they rerun now), as metrics.jsonl drops them.
+                self.writer = SummaryWriter(str(out / "tensorboard"), purge_step=start_step + 1)
             except ImportError:
                 pass
 
@@ -161,8 +171,12 @@ def train(
 
     ``stop_at`` ends this invocation early (with a checkpoint) without changing the learning-
     rate schedule, which spans ``train.max_steps``: a run stopped at step 30 and resumed
-    continues exactly as if it had never stopped.
+    continues exactly as if it had never stopped. A resume must use the recipe its checkpoint
+    was trained with (stored in the checkpoint): only ``config.RESUMABLE_CHANGES`` may differ.
     """
+    if stop_at is not None and stop_at < 1:
+        raise ConfigError(f"--max-steps must be >= 1, got {stop_at}")
+    check_counts(cfg)
     d = distributed.setup()
     try:
         return _train(cfg, Path(out), resume, stop_at, show_progress, d)
@@ -186,6 +200,9 @@ def _train(cfg: RunConfig, out: Path, resume: bool, stop_at: int | None, show_pr
     tokenizer = load_tokenizer(cfg.tokenizer.path)
     model = build_model(cfg.model, len(tokenizer))
     mixture, val_stream = build_data(cfg.data, tokenizer)
+    for warning in check_sizes(cfg.data, mixture, val_stream, t.batch_size, cfg.eval.batches):
+        if d.is_main:
+            print(f"yoco train: {warning}", file=sys.stderr)
     val_batches = []
     if val_stream is not None and cfg.eval.batches > 0:
         # Fixed held-out batches; each process evaluates its own slice of each.
@@ -197,13 +214,22 @@ def _train(cfg: RunConfig, out: Path, resume: bool, stop_at: int | None, show_pr
         ]
     root = out / "checkpoints"
     start_step, state = 0, None
+    recipe = json.loads(json.dumps(cfg.to_dict()))  # as stored (JSON: tuples become lists, ...)
+    recipe_changes = []  # resumes that changed the recipe: [{"step": N, "changed": {key: [old, new]}}]
     latest = ckpt.latest_checkpoint(root)
     if resume:
         if latest is None:
             raise ConfigError(f"--resume: no checkpoint under {root}")
         state = ckpt.load_checkpoint(latest)
-        put_weights(model, state["model"], state["config"], latest)
         start_step = state["trainer"]["step"]
+        recipe_changes = check_resume_recipe(state, recipe, cfg, latest, out, start_step, d.is_main)
+        if last_step <= start_step:
+            limit = f"--max-steps {stop_at}" if last_step == stop_at else f"train.max_steps {t.max_steps}"
+            raise ConfigError(
+                f"--resume: nothing to train, {latest.name} is at step {start_step} and {limit} stops there; "
+                "raise train.max_steps (or --max-steps) to train further"
+            )
+        put_weights(model, state["model"], state["config"], latest)
         mixture.load_state_dict(state["trainer"]["data"])
     elif latest is not None:
         # A fresh run here would mix its checkpoints with the old run's (keep_last would even
@@ -238,7 +264,7 @@ def _train(cfg: RunConfig, out: Path, resume: bool, stop_at: int | None, show_pr
     out.mkdir(parents=True, exist_ok=True)
     log = MetricsLog(out, cfg.logging.tensorboard, start_step) if d.is_main else None
     if d.is_main:
-        (out / "run_config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+        (out / "run_config.json").write_text(json.dumps(recipe, indent=1))
     tokens_per_step = t.batch_size * cfg.data.seq_len
     bar = tqdm(
         total=last_step,
@@ -258,6 +284,8 @@ def _train(cfg: RunConfig, out: Path, resume: bool, stop_at: int | None, show_pr
         model_state, optim_state = distributed.full_state_dicts(wrapped, optimizer, d)
         if d.is_main:
             trainer_state = {"step": step, "data": mixture.state_dict(), "tokens": step * tokens_per_step}
+            if recipe_changes:
+                trainer_state["recipe_changes"] = recipe_changes
             ckpt.save_checkpoint(
                 root,
                 step,
@@ -267,6 +295,7 @@ def _train(cfg: RunConfig, out: Path, resume: bool, stop_at: int | None, show_pr
                 optim_state,
                 trainer_state,
                 cfg.checkpoint.keep_last,
+                run_config=recipe,
             )
 
     for step in range(start_step + 1, last_step + 1):
@@ -331,6 +360,49 @@ def _train(cfg: RunConfig, out: Path, resume: bool, stop_at: int | None, show_pr
         "final_checkpoint": str(ckpt.latest_checkpoint(root)),
         "is_main": d.is_main,
     }
+
+
+def check_resume_recipe(
+    state: dict, recipe: dict, cfg: RunConfig, latest: Path, out: Path, start_step: int, is_main: bool
+) -> list[dict]:
+    """Refuse to resume ``latest`` with a recipe that differs from the one it was trained with,
+    unless only RESUMABLE_CHANGES differ; returns the checkpoint's list of such changes, this
+    resume's appended. Runs before anything in the run folder is written."""
+    stored, source = state["recipe"], latest / ckpt.RECIPE
+    if (
+        stored is None and (out / "run_config.json").is_file()
+    ):  # a checkpoint from before recipes were stored in it
+        stored, source = json.loads((out / "run_config.json").read_text()), out / "run_config.json"
+    changes = list(state["trainer"].get("recipe_changes", []))
+    if stored is None:
+        return changes
+    differences = recipe_differences(stored, recipe)
+    refused = {k: v for k, v in differences.items() if k not in RESUMABLE_CHANGES}
+    if refused:
+        details = "; ".join(
+            f"{k}: {show_value(old)} -> {show_value(new)}" for k, (old, new) in refused.items()
+        )
+        raise ConfigError(
+            f"--resume: the recipe differs from the one {latest.name} was trained with ({source}): {details}. "
+            f"Only {', '.join(sorted(RESUMABLE_CHANGES))} may change on resume: restore the others, "
+            "or start a new run in another --out (train.init_from takes this run's weights)"
+        )
+    if not differences:
+        return changes
+    if "train.max_steps" in differences and is_main:
+        old_steps, new_steps = differences["train.max_steps"]
+        step = start_step + 1
+        before = lr_at(
+            step, dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_steps=old_steps))
+        )
+        after = lr_at(step, cfg)
+        if before != after:
+            print(
+                f"yoco train: note: train.max_steps {old_steps} -> {new_steps}: the learning-rate schedule now "
+                f"spans {new_steps} steps (lr at step {step}: {after:.3g}, was to be {before:.3g})",
+                file=sys.stderr,
+            )
+    return changes + [{"step": start_step, "changed": {k: list(v) for k, v in differences.items()}}]
 
 
 @torch.no_grad()
