@@ -277,3 +277,21 @@ def test_a_step_that_does_not_fit_the_cache_is_refused_before_writing(model_kind
         assert ([list(s.lengths) for s in cache.stores()], cache.nbytes()) == before
     with pytest.raises(ValueError, match="make a new cache"):
         model.to(torch.bfloat16)(torch.tensor([[1]]), cache=short)
+
+
+def test_prompts_that_are_not_token_ids_are_refused_at_the_door():
+    model = tiny_model("yoco-swa")
+    cases = [
+        ("def f():", "not text"),
+        (["def f():"], "not text"),
+        (b"abc", "not text"),
+        (torch.tensor([[1.0, 2.0]]), "integer tensor"),
+        ([[1, 2.5]], "must be integers, got float 2.5"),
+    ]
+    for prompt, message in cases:
+        with pytest.raises(TypeError, match=message):
+            yoco.generate(model, prompt, 3)
+    with pytest.raises(TypeError, match="integer tensor"):
+        yoco.prefill(model, torch.tensor([1.0, 2.0]))
+    ints = yoco.generate(model, [[3, 4, 5]], 3)
+    assert yoco.generate(model, torch.tensor([[3, 4, 5]], dtype=torch.int32), 3) == ints

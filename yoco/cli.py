@@ -1,5 +1,11 @@
-"""The `yoco` command. Each subcommand lives in its own module and parses its own flags."""
+"""The `yoco` command. Each subcommand lives in its own module and parses its own flags.
 
+A mistake a user can make (a bad flag value, a missing or corrupt file, a recipe that does not
+fit the run it resumes) ends the command with one line naming the problem and exit status 1.
+``--debug`` anywhere on the command line, or ``YOCO_DEBUG=1``, shows the full traceback instead.
+"""
+
+import os
 import sys
 
 COMMANDS = {
@@ -12,12 +18,25 @@ COMMANDS = {
     "eval": ("yoco.eval.cli", "perplexity, needle in a haystack, MQAR recall"),
     "bench": ("yoco.bench.profile", "profile prefill, memory and decode against a Transformer and HF Llama"),
 }
+# Errors that describe the user's input rather than a bug in yoco: their message is enough.
+USER_ERRORS = (ValueError, OSError)
+
+
+def one_line(error: BaseException) -> str:
+    """The error's message on one line (multi-line messages joined with '; ')."""
+    text = "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    if isinstance(error, USER_ERRORS) and text:
+        return text
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv or os.environ.get("YOCO_DEBUG", "") not in ("", "0")
+    argv = [arg for arg in argv if arg != "--debug"]
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print("usage: yoco COMMAND [flags]   (yoco COMMAND --help for its flags)\n\ncommands:")
+        print("usage: yoco COMMAND [flags]   (yoco COMMAND --help for its flags; --debug for tracebacks)")
+        print("\ncommands:")
         for name, (_, summary) in COMMANDS.items():
             print(f"  {name:<10} {summary}")
         if argv and argv[0] not in ("-h", "--help"):
@@ -25,4 +44,12 @@ def main(argv: list[str] | None = None) -> None:
         return
     module_name, _ = COMMANDS[argv[0]]
     module = __import__(module_name, fromlist=["main"])
-    module.main(argv[1:])
+    try:
+        module.main(argv[1:])
+    except KeyboardInterrupt:
+        sys.exit(f"\nyoco {argv[0]}: interrupted")
+    except Exception as error:
+        if debug:
+            raise
+        hint = "" if isinstance(error, USER_ERRORS) else "  (YOCO_DEBUG=1 shows the traceback)"
+        sys.exit(f"yoco {argv[0]}: {one_line(error)}{hint}")

@@ -13,18 +13,41 @@ from yoco.train.data import PackedStream, list_documents
 
 def test_ppl_equals_the_training_loss_on_the_same_tokens(tmp_path):
     for i in range(5):
-        (tmp_path / f"{i}.txt").write_text(f"def f{i}(x):\n    return x + {i}\n" * (i + 3))
+        (tmp_path / f"{i}.txt").write_text(f"def f{i}(x):\n    return x + {i}\n" * (i + 3) + "#" * i)
     model = tiny_model("yoco-gret", vocab_size=258)
     tokenizer = byte_tokenizer()
     result = evaluate_ppl(model, tokenizer, str(tmp_path), seq_len=32, batch_size=3)
-    stream = PackedStream(
-        list_documents(str(tmp_path)), lambda t: tokenizer(t)["input_ids"], 257, 32, 0, shuffle=False
-    )
-    windows = torch.tensor([stream.next_sequence() for _ in range(result["tokens"] // 31)])
+    docs = list_documents(str(tmp_path))
+    total = sum(len(d.text().encode()) + 1 for d in docs)  # bytes and one EOS per document
+    full, rest = divmod(total, 32)
+    assert rest > 1, "the data should end in a short window, so that window is checked too"
+    stream = PackedStream(docs, lambda t: tokenizer(t)["input_ids"], 257, 32, 0, shuffle=False)
+    windows = torch.tensor([stream.next_sequence() for _ in range(full + 1)])
+    last = windows[-1:, :rest]  # the stream wraps around to fill its last window; ppl must not
     with torch.no_grad():
-        training_loss = float(model(windows, labels=windows).loss)
+        full_loss = float(model(windows[:full], labels=windows[:full]).loss)
+        last_loss = float(model(last, labels=last).loss)
+    assert result["tokens"] == full * 31 + rest - 1
+    training_loss = (full_loss * full * 31 + last_loss * (rest - 1)) / result["tokens"]
     assert result["loss"] == pytest.approx(training_loss, rel=1e-5)
     assert result["ppl"] == pytest.approx(torch.tensor(training_loss).exp().item(), rel=1e-5)
+
+
+def test_ppl_on_a_file_shorter_than_one_window_scores_its_own_tokens(tmp_path):
+    text = tmp_path / "short.txt"
+    text.write_text("hello world!")  # 12 bytes + EOS = 13 tokens, 12 predictions
+    model = tiny_model("transformer", vocab_size=258)
+    result = evaluate_ppl(model, byte_tokenizer(), str(text), seq_len=512)
+    ids = torch.tensor([list(b"hello world!") + [257]])
+    with torch.no_grad():
+        expected = float(model(ids, labels=ids).loss)
+    assert result["tokens"] == 12
+    assert result["loss"] == pytest.approx(expected, rel=1e-5)
+    capped = evaluate_ppl(model, byte_tokenizer(), str(text), seq_len=4, max_tokens=10)
+    assert capped["tokens"] == 3 + 3 + 1  # windows of 4, 4 and 2 tokens
+    for bad in (dict(seq_len=1), dict(batch_size=0), dict(max_tokens=1)):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            evaluate_ppl(model, byte_tokenizer(), str(text), **bad)
 
 
 def test_a_saved_model_runs_under_lm_eval(tmp_path, monkeypatch):

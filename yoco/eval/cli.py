@@ -7,16 +7,19 @@ from pathlib import Path
 
 
 def _load(path: str, dtype: str):
-    """A saved model: a save_pretrained or checkpoint folder, or a run folder (its latest checkpoint)."""
+    """A saved model and its tokenizer (the byte tokenizer for byte-vocabulary models saved
+    without one): a save_pretrained or checkpoint folder, or a run folder's latest checkpoint."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    import yoco  # noqa: F401  (registers the model classes)
-    from yoco.train.checkpoint import find_weights
+    from yoco.models.pretrained import load_pretrained
+    from yoco.tokenizer import BYTE_VOCAB_SIZE, byte_tokenizer
 
-    path = find_weights(Path(path))
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).eval()
-    return model, AutoTokenizer.from_pretrained(path)
+    model, tokenizer = load_pretrained(path, getattr(torch, dtype))
+    if tokenizer is None:
+        if model.config.vocab_size != BYTE_VOCAB_SIZE:
+            raise ValueError(f"{path} holds no tokenizer, and its vocabulary is not the byte vocabulary")
+        tokenizer = byte_tokenizer()
+    return model, tokenizer
 
 
 def mqar_table(rows: list[dict]) -> str:
@@ -135,35 +138,34 @@ def main(argv: list[str] | None = None) -> None:
     mqar.add_argument("--evaluation-md", help="also write the table into this markdown file's mqar section")
     args = parser.parse_args(argv)
 
-    try:
-        if args.task == "ppl":
-            from yoco.eval.ppl import evaluate_ppl
+    if args.task == "ppl":
+        from yoco.eval.ppl import check_ppl_options, evaluate_ppl
 
-            model, tokenizer = _load(args.model, args.dtype)
-            result = evaluate_ppl(model, tokenizer, args.data, args.seq_len, args.batch_size, args.max_tokens)
-            print(json.dumps(result))
-        elif args.task == "needle":
-            from yoco.eval.needle import run_needle, save
+        check_ppl_options(args.seq_len, args.batch_size, args.max_tokens)  # before the slow load
+        model, tokenizer = _load(args.model, args.dtype)
+        result = evaluate_ppl(model, tokenizer, args.data, args.seq_len, args.batch_size, args.max_tokens)
+        print(json.dumps(result))
+    elif args.task == "needle":
+        from yoco.eval.needle import check_needle_options, run_needle, save
 
-            model, tokenizer = _load(args.model, args.dtype)
-            filler = Path(args.filler).read_text() if args.filler else None
-            result = run_needle(
-                model,
-                tokenizer,
-                args.lengths,
-                trials=args.trials,
-                n_needles=args.needles,
-                seed=args.seed,
-                filler=filler,
-            )
-            save(result, Path(args.out))
-            for length in args.lengths:
-                cells = [result["accuracy"][f"{length}:{d}"] for d in result["depths"]]
-                print(f"{length:>6} tokens: mean accuracy {sum(cells) / len(cells):.2f}  by depth {cells}")
-                tokens = [round(a, 2) for a in result["answer_token_accuracy"][str(length)]]
-                print(f"{'':>6}         teacher-forced accuracy per answer token {tokens}")
-            print(f"heat map: {Path(args.out) / 'needle.png'}")
-        else:
-            run_mqar(args, argv)
-    except (ValueError, FileNotFoundError, OSError) as error:
-        sys.exit(f"yoco eval: {error}")
+        check_needle_options(args.lengths, args.trials, args.needles)
+        model, tokenizer = _load(args.model, args.dtype)
+        filler = Path(args.filler).read_text() if args.filler else None
+        result = run_needle(
+            model,
+            tokenizer,
+            args.lengths,
+            trials=args.trials,
+            n_needles=args.needles,
+            seed=args.seed,
+            filler=filler,
+        )
+        save(result, Path(args.out))
+        for length in args.lengths:
+            cells = [result["accuracy"][f"{length}:{d}"] for d in result["depths"]]
+            print(f"{length:>6} tokens: mean accuracy {sum(cells) / len(cells):.2f}  by depth {cells}")
+            tokens = [round(a, 2) for a in result["answer_token_accuracy"][str(length)]]
+            print(f"{'':>6}         teacher-forced accuracy per answer token {tokens}")
+        print(f"heat map: {Path(args.out) / 'needle.png'}")
+    else:
+        run_mqar(args, argv)

@@ -192,6 +192,15 @@ def answer_token_hits(model, prompt_ids: list[int], answer_ids: list[int]) -> li
     return (predicted.cpu() == torch.tensor(answer_ids)).tolist()
 
 
+def check_needle_options(lengths: list[int], trials: int, n_needles: int) -> None:
+    if not 1 <= n_needles <= len(CITIES):
+        raise ValueError(f"needles must be between 1 and {len(CITIES)} (one is asked), got {n_needles}")
+    if trials < 1:
+        raise ValueError(f"trials must be >= 1, got {trials}")
+    if not lengths or min(lengths) < 1:
+        raise ValueError(f"lengths must be positive token counts, got {lengths}")
+
+
 def run_needle(
     model,
     tokenizer,
@@ -204,6 +213,7 @@ def run_needle(
 ) -> dict:
     """Accuracy per (length, depth) over ``trials`` seeded prompts each, and per length the
     teacher-forced accuracy of each answer token (" " and the number's digits with bytes)."""
+    check_needle_options(lengths, trials, n_needles)
 
     def tokenize(text):
         return tokenizer(text, add_special_tokens=False)["input_ids"]

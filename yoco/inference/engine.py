@@ -14,6 +14,7 @@ Both run under ``no_grad`` rather than ``inference_mode``: a cache made of infer
 could not be extended by a later plain forward call.
 """
 
+import operator
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -23,15 +24,33 @@ from yoco.inference.sampling import check_sampling, sample_next
 
 
 def _as_prompts(prompts) -> list[list[int]]:
-    """A batch of prompts as lists of ints; a single flat prompt becomes a batch of one."""
+    """A batch of prompts as lists of ints; a single flat prompt becomes a batch of one.
+    Text, float tensors and other non-integers are refused here, at the door."""
     if isinstance(prompts, torch.Tensor):
-        prompts = prompts.tolist()
-    if prompts and isinstance(prompts[0], int):
+        prompts = _integer_ids(prompts).tolist()
+    if isinstance(prompts, str | bytes) or (prompts and isinstance(prompts[0], str | bytes)):
+        raise TypeError(
+            "prompts must be token ids, not text: encode the text with the model's tokenizer first"
+        )
+    if prompts and not isinstance(prompts[0], Sequence | torch.Tensor):
         prompts = [prompts]
-    out = [p.tolist() if isinstance(p, torch.Tensor) else list(p) for p in prompts]
-    if not out:
+    if not prompts:
         raise ValueError("no prompts given")
-    return out
+    return [_integer_ids(p).tolist() if isinstance(p, torch.Tensor) else _ints(p) for p in prompts]
+
+
+def _integer_ids(ids: torch.Tensor) -> torch.Tensor:
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise TypeError(f"token ids must be an integer tensor, got dtype {ids.dtype}")
+    return ids
+
+
+def _ints(prompt) -> list[int]:
+    try:
+        return [operator.index(token) for token in prompt]
+    except TypeError:
+        bad = next(t for t in prompt if not hasattr(t, "__index__"))
+        raise TypeError(f"token ids must be integers, got {type(bad).__name__} {bad!r}") from None
 
 
 def check_prompt(model, prompt: Sequence[int], extra_tokens: int = 0) -> None:
@@ -64,7 +83,8 @@ def prefill(
     Returns the logits for the last position (B, vocab) and the cache. ``capacity`` reserves
     room for that many tokens up front (default: the prompt), so later appends do not grow it.
     """
-    ids = torch.as_tensor(input_ids, device=model.device)
+    ids = torch.as_tensor(_as_prompts(input_ids) if not isinstance(input_ids, torch.Tensor) else input_ids)
+    ids = _integer_ids(ids).to(model.device)
     ids = ids[None] if ids.dim() == 1 else ids
     for row in ids.tolist():
         check_prompt(model, row)

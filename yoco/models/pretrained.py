@@ -1,0 +1,63 @@
+"""Loading a saved model for inference or evaluation, with errors that name the file at fault.
+
+``AutoModelForCausalLM.from_pretrained`` alone is too forgiving for a command-line user: a
+missing relative path is taken for a Hub id, a config of another model type builds that model
+and fills the weights it cannot find with random values, and a truncated weights file fails
+with a message that does not say which file. :func:`load_pretrained` checks each of these
+first and raises ``ValueError`` / ``FileNotFoundError`` with one line saying what is wrong.
+Weights are read from safetensors only, never unpickled.
+"""
+
+import json
+from pathlib import Path
+
+import torch
+from huggingface_hub.errors import StrictDataclassError
+from safetensors import SafetensorError
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from yoco.models.retnet import RetNetConfig
+from yoco.models.transformer import TransformerConfig
+from yoco.models.yoco import YocoConfig
+from yoco.train.checkpoint import find_weights
+
+OUR_MODEL_TYPES = (YocoConfig.model_type, TransformerConfig.model_type, RetNetConfig.model_type)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+def load_pretrained(path: str | Path, dtype: torch.dtype = torch.float32):
+    """(model in eval mode, tokenizer or None) from a ``save_pretrained`` folder, a checkpoint
+    folder, or a run folder (its latest checkpoint). The tokenizer is None when the folder has
+    none saved."""
+    folder = find_weights(Path(path))
+    config_file, weights_file = folder / "config.json", folder / "model.safetensors"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{folder} has model.safetensors but no config.json")
+    try:
+        model_type = json.loads(config_file.read_text()).get("model_type")
+    except (json.JSONDecodeError, AttributeError) as error:
+        raise ValueError(f"{config_file} is not a JSON object of config fields ({error})") from None
+    if model_type not in OUR_MODEL_TYPES:
+        raise ValueError(
+            f"{config_file} describes a {model_type!r} model; yoco loads {', '.join(OUR_MODEL_TYPES)}"
+        )
+    try:
+        config = AutoConfig.from_pretrained(folder)
+    except (ValueError, TypeError, StrictDataclassError) as error:
+        raise ValueError(f"{config_file}: {error}") from None
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(
+            folder, config=config, dtype=dtype, output_loading_info=True
+        )
+    except SafetensorError as error:
+        raise ValueError(f"{weights_file} is not a readable safetensors file ({error})") from None
+    wrong = info["missing_keys"] or info["mismatched_keys"]
+    if wrong:
+        raise ValueError(
+            f"{weights_file} does not hold the weights {config_file} describes "
+            f"({len(wrong)} missing or of the wrong shape, e.g. {sorted(wrong)[0]})"
+        )
+    tokenizer = None
+    if any((folder / name).is_file() for name in TOKENIZER_FILES):
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    return model.eval(), tokenizer
