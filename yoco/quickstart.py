@@ -22,14 +22,26 @@ RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.toml"
 PROMPT = "    def __init__(self"
 
 
+def new_run_folder(parent: Path, name: str) -> Path:
+    """``parent/name-YYYYmmdd-HHMMSS``, not yet existing (a suffix is added within one second)."""
+    stem = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out, n = parent / stem, 1
+    while out.exists():
+        n += 1
+        out = parent / f"{stem}-{n}"
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="yoco quickstart", description=__doc__)
     parser.add_argument("--recipe", default=str(RECIPE))
-    parser.add_argument("--out", default="runs/quickstart")
+    parser.add_argument(
+        "--out", help="run folder (default: a new runs/quickstart-DATE-TIME each time, so the demo reruns)"
+    )
     parser.add_argument("--max-steps", type=int, help="stop early (the schedule still spans the recipe)")
     parser.add_argument("--no-bench", action="store_true", help="skip the profiling comparison")
     args = parser.parse_args(argv)
-    out = Path(args.out)
+    out = Path(args.out) if args.out else new_run_folder(Path("runs"), "quickstart")
 
     print(f"== 1/3 training {args.recipe} on the Python standard library's source -> {out}")
     start = time.perf_counter()
@@ -79,3 +91,4 @@ def main(argv: list[str] | None = None) -> None:
             ]
         )
         print(f"tables and plots: {out / 'bench'}")
+    print(f"\nall outputs of this demo are in {out}/")

@@ -14,6 +14,16 @@ def test_quickstart_trains_generates_and_reports(tmp_path, capsys):
     assert (tmp_path / "qs" / "loss.png").exists()
 
 
+def test_quickstart_reruns_into_a_new_folder_each_time(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default run folder is relative: runs/quickstart-DATE-TIME
+    for _ in range(2):
+        main(["quickstart", "--max-steps", "2", "--no-bench"])
+    runs = sorted((tmp_path / "runs").iterdir())
+    assert len(runs) == 2 and all(r.name.startswith("quickstart-") for r in runs)
+    assert all((r / "loss.png").exists() for r in runs)
+    assert f"all outputs of this demo are in {runs[-1].relative_to(tmp_path)}/" in capsys.readouterr().out
+
+
 def test_tokenizer_train_command(tmp_path, capsys):
     source = tmp_path / "code.txt"
     source.write_text(
