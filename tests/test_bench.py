@@ -1,7 +1,13 @@
 """`yoco bench --quick` as a smoke test: every cell measured, outputs written. No timing asserts."""
 
 import json
+import platform
 
+import pytest
+import torch
+import transformers
+
+from yoco.bench.environment import describe, environment
 from yoco.bench.flops import Shape, cache_bytes, prefill_flops
 from yoco.bench.profile import main
 from yoco.bench.report import update_section
@@ -22,6 +28,9 @@ def test_quick_bench_measures_every_cell_and_writes_outputs(tmp_path):
         assert (tmp_path / "bench" / name).stat().st_size > 0
     text = doc.read_text()
     assert "intro stays" in text and "<!-- profile:start -->" in text and "HF Llama" in text
+    env = results["meta"]["environment"]
+    assert f"torch {torch.__version__}, transformers {transformers.__version__}" in text
+    assert f"Python {platform.python_version()}" in text and env["cpu"] in text and env["date"] in text
 
 
 def test_theoretical_ratios_match_the_issue_figures():
@@ -41,8 +50,11 @@ def test_theoretical_ratios_match_the_issue_figures():
 
 def test_update_section_replaces_only_its_own_block(tmp_path):
     doc = tmp_path / "B.md"
-    update_section(doc, "a", "first", tmp_path)
-    update_section(doc, "b", "other", tmp_path)
-    update_section(doc, "a", "second", tmp_path)
+    env = describe(environment())
+    update_section(doc, "a", f"first\n{env}", tmp_path)
+    update_section(doc, "b", f"other\n{env}", tmp_path)
+    update_section(doc, "a", f"second\n{env}", tmp_path)
     text = doc.read_text()
     assert "second" in text and "first" not in text and "other" in text
+    with pytest.raises(ValueError, match="environment"):
+        update_section(doc, "c", "a table with no word of the machine it was measured on", tmp_path)

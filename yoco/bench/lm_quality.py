@@ -16,6 +16,7 @@ import statistics
 import time
 from pathlib import Path
 
+from yoco.bench.environment import describe, environment
 from yoco.bench.report import update_section
 from yoco.train.config import load_config
 from yoco.train.loop import build_model, train
@@ -69,6 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
         "--benchmarks-md", help="write the results into this Markdown file's lm_quality section"
     )
     args = parser.parse_args(argv)
+    env = environment()
 
     shape = dict(
         hidden_size=args.hidden_size,
@@ -128,7 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
     Path(args.out).mkdir(parents=True, exist_ok=True)
     plot_run(Path(args.out), runs=runs, out=Path(args.out) / "lm_quality.png")
     (Path(args.out) / "lm_quality.json").write_text(json.dumps(results, indent=1))
-    markdown = report(results, args, argv)
+    markdown = report(results, args, argv, env)
     print(markdown)
     if args.benchmarks_md:
         image = Path(args.benchmarks_md).parent / "bench" / "lm_quality.png"
@@ -143,7 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
     return results
 
 
-def report(results: dict, args, argv) -> str:
+def report(results: dict, args, argv, environment: dict) -> str:
     baseline = results.get("transformer", {}).get("val_loss")
     rows = []
     for system, r in results.items():
@@ -156,6 +158,7 @@ def report(results: dict, args, argv) -> str:
     return "\n".join(
         [
             f"Command: `{command.strip()}`  ",
+            describe(environment),
             f"Shape: hidden {args.hidden_size}, {args.layers} layers, {args.heads} heads, byte vocabulary, "
             f"sequence {args.seq_len}, batch {args.batch_size}, {args.steps} steps, lr {args.lr}, SWA window "
             f"{args.window}; bfloat16 autocast where native. Validation loss in nats per byte.",

@@ -7,10 +7,7 @@ and PNG plots. ``--quick`` runs a tiny grid (the test suite uses it as a smoke t
 """
 
 import argparse
-import datetime
 import json
-import os
-import platform
 import statistics
 import threading
 import time
@@ -21,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from yoco.bench import report
+from yoco.bench.environment import environment
 from yoco.bench.flops import Shape, cache_bytes, decode_bytes, prefill_flops
 from yoco.bench.systems import SYSTEMS, Runner, build_model
 
@@ -202,19 +200,9 @@ def decode_and_memory(
 
 
 def machine_facts(args, shape, lengths, dtypes, systems, repeats, new_tokens, budget_tokens) -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     return dict(
         command="yoco bench " + " ".join(args.argv),
-        date=datetime.date.today().isoformat(),
-        cpu=cpu,
-        cores=os.cpu_count(),
-        torch_threads=torch.get_num_threads(),
-        torch=torch.__version__,
+        environment=environment(),
         shape=shape.__dict__,
         lengths=lengths,
         dtypes=dtypes,

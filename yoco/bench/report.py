@@ -4,6 +4,8 @@ import math
 import re
 from pathlib import Path
 
+from yoco.bench.environment import describe
+
 MiB = 2**20
 YOCO = ("yoco-gret", "yoco-swa")
 BASELINES = ("hf-llama", "transformer")
@@ -69,8 +71,7 @@ def markdown(results, image_dir: Path | None = None) -> str:
     systems = meta["systems"]
     out = [
         f"Command: `{meta['command']}`  ",
-        f"Date: {meta['date']}; machine: {meta['cpu']}, {meta['cores']} cores "
-        f"({meta['torch_threads']} torch threads), torch {meta['torch']}.  ",
+        describe(meta["environment"]),
         f"Shape: {meta['shape']}.  ",
         f"Prefill: median of {meta['repeats']} runs after a warm-up, logits for the last position only. "
         f"Decode: {meta['new_tokens']} greedy tokens at batch 1; {meta['budget_new_tokens']} at the budget batch, "
@@ -239,7 +240,10 @@ def summary(results) -> str:
 
 def update_section(path: Path, name: str, body: str, relative_to: Path) -> None:
     """Replace the text between ``<!-- name:start -->`` and ``<!-- name:end -->`` in ``path``
-    (appending the section if absent), so several benchmarks share one document."""
+    (appending the section if absent), so several benchmarks share one document. The body must
+    state what it was measured on (:func:`yoco.bench.environment.describe`)."""
+    if "Environment: " not in body:
+        raise ValueError(f"section {name!r} does not state its environment (yoco.bench.environment.describe)")
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     text = path.read_text() if path.exists() else "# Benchmarks\n"
     block = f"{start}\n{body}\n{end}"

@@ -73,11 +73,13 @@ def run_mqar(args, argv: list[str] | None) -> None:
     (out / "mqar.md").write_text(table + "\n")
     print(table)
     if args.evaluation_md:
+        from yoco.bench.environment import describe, environment
         from yoco.bench.report import update_section
 
         minutes = sum(r["seconds"] for r in rows) / 60
         command = "yoco eval " + " ".join(argv if argv is not None else sys.argv[2:])
         body = (
+            f"{describe(environment())}\n"
             f"Command: `{command}` ({minutes:.0f} min of training on this machine; accuracy on 512 "
             f"held-out sequences; {args.steps} steps of batch {args.batch_size}, lr {args.lr}, "
             f"SWA window {args.window}, vocab {args.vocab_size}, 2 layers, "
