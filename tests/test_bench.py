@@ -28,6 +28,7 @@ def test_quick_bench_measures_every_cell_and_writes_outputs(tmp_path):
         assert (tmp_path / "bench" / name).stat().st_size > 0
     text = doc.read_text()
     assert "intro stays" in text and "<!-- profile:start -->" in text and "HF Llama" in text
+    assert "![memory](bench/memory.png)" in text  # the plots, relative to the document
     env = results["meta"]["environment"]
     assert f"torch {torch.__version__}, transformers {transformers.__version__}" in text
     assert f"Python {platform.python_version()}" in text and env["cpu"] in text and env["date"] in text

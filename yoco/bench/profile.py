@@ -8,6 +8,7 @@ and PNG plots. ``--quick`` runs a tiny grid (the test suite uses it as a smoke t
 
 import argparse
 import json
+import os
 import statistics
 import threading
 import time
@@ -235,6 +236,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--benchmarks-md", help="also write the report into this Markdown file's profile section"
     )
+    parser.add_argument(
+        "--section", default="profile", help="name of the --benchmarks-md section to write (keeps the others)"
+    )
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     args.argv = list(argv if argv is not None else [])
@@ -242,10 +246,11 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "profile.json").write_text(json.dumps(results, indent=1))
-    markdown = report.markdown(results, image_dir=out)
-    (out / "profile.md").write_text(markdown)
+    (out / "profile.md").write_text(report.markdown(results, image_dir="."))
     report.plots(results, out)
     if args.benchmarks_md:
-        report.update_section(Path(args.benchmarks_md), "profile", markdown, relative_to=out)
+        doc = Path(args.benchmarks_md)
+        markdown = report.markdown(results, image_dir=os.path.relpath(out, doc.parent))
+        report.update_section(doc, args.section, markdown, relative_to=out)
     print(report.summary(results))
     return results

@@ -65,7 +65,8 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def markdown(results, image_dir: Path | None = None) -> str:
+def markdown(results, image_dir: str | None = None) -> str:
+    """The report; ``image_dir`` is where the plots are, relative to the Markdown file."""
     meta, peaks = results["meta"], results["peaks"]
     cells = _index(results)
     systems = meta["systems"]
@@ -163,9 +164,8 @@ def markdown(results, image_dir: Path | None = None) -> str:
                 + "\n"
             )
     if image_dir is not None:
-        out.append("![prefill latency](bench/prefill_latency.png)\n")
-        out.append("![memory](bench/memory.png)\n")
-        out.append("![throughput](bench/throughput.png)\n")
+        for name in ("prefill_latency", "memory", "throughput"):
+            out.append(f"![{name.replace('_', ' ')}]({image_dir}/{name}.png)\n")
     return "\n".join(out)
 
 
