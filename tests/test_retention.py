@@ -57,7 +57,8 @@ def interleaved_to_half(weight: torch.Tensor) -> torch.Tensor:
 def torchscale_pair(eps: float):
     """torchscale's MultiScaleRetention and ours with the same weights, plus the inputs for
     torchscale's three forms (built the way its RetNetRelPos builds them)."""
-    ts = pytest.importorskip("torchscale.component.multiscale_retention")
+    from torchscale.component import multiscale_retention as ts  # in requirements.lock: never skipped
+
     torch.manual_seed(0)
     theirs = ts.MultiScaleRetention(SimpleNamespace(multiway=False, layernorm_eps=eps), HIDDEN, HIDDEN, HEADS)
     ours = MultiScaleRetention(HIDDEN, HEADS, eps=eps, chunk_size=4)

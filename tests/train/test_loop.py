@@ -346,7 +346,6 @@ def tensorboard_steps(run, tag="loss"):
 
 
 def test_tensorboard_and_metrics_show_each_step_once_after_a_resume(corpus, tmp_path):
-    pytest.importorskip("tensorboard")
     run = tmp_path / "run"
     config = tiny_config(corpus, **{"logging.tensorboard": "true"})
     train(config, run, stop_at=7, show_progress=False)
