@@ -34,6 +34,19 @@ def tiny_model(kind: str, **overrides) -> torch.nn.Module:
     return build_causal_lm(kind, options, **fields).eval()
 
 
+def sharpen_attention(model: torch.nn.Module, factor: float = 20.0) -> torch.nn.Module:
+    """Scale every query and key projection (``*q_proj.weight``, ``*k_proj.weight``: attention,
+    cross-attention's shared K, retention) by ``factor``, in place. At the 0.02 init attention is
+    nearly uniform (measured in a tiny Transformer over rows of 20-29 keys: the largest weight
+    averages 0.042, uniform is 0.034-0.05), so a misplaced or missing key barely moves the logits;
+    at factor 20 the largest weight averages 0.67, and an attention bug shows."""
+    with torch.no_grad():
+        for name, weight in model.named_parameters():
+            if name.endswith(("q_proj.weight", "k_proj.weight")):
+                weight.mul_(factor)
+    return model
+
+
 def train_briefly(
     model: torch.nn.Module, ids: torch.Tensor, steps: int = 40, lr: float = 3e-3
 ) -> list[float]:

@@ -2,11 +2,13 @@
 short training run lowers the loss. The part-specific reference checks live beside each part
 (test_retention.py, ...); this file checks that the parts compose."""
 
+import math
+
 import pytest
 import torch
 
 import yoco
-from tests.conftest import tiny_model, train_briefly
+from tests.conftest import sharpen_attention, tiny_model, train_briefly
 from yoco.layers.rotary import RotaryEmbedding
 
 # (model kind, config overrides) for each part in a decoder.
@@ -63,18 +65,48 @@ def xpos_scores(n_positions: torch.Tensor, m_positions: torch.Tensor, q, k) -> t
     return (queries * keys).sum(-1)
 
 
-def test_xpos_scores_depend_on_distance_only_and_decay_with_it():
+def test_xpos_scores_depend_on_distance_only():
+    """Shifting both positions changes nothing (true of plain rotary too: the decay itself is
+    checked by hand in the next test)."""
     torch.manual_seed(0)
     q, k = torch.randn(1, 1, 5, 8), torch.randn(1, 1, 5, 8)
     n, m = torch.tensor([10, 50, 300, 900, 3000]), torch.tensor([3, 20, 100, 899, 1000])
     torch.testing.assert_close(
         xpos_scores(n, m, q, k), xpos_scores(n + 777, m + 777, q, k), rtol=1e-4, atol=1e-5
     )
-    # With identical unrotated vectors, the score's envelope shrinks like ζ^(distance/512).
-    ones = torch.ones(1, 1, 1, 8)
-    near = xpos_scores(torch.tensor([0]), torch.tensor([0]), ones, ones)
-    far = xpos_scores(torch.tensor([2048]), torch.tensor([0]), ones, ones)
-    assert far.abs() < near.abs()
+
+
+def one_pair_score(rotary, i: int, m: int, n: int, sine: bool = False) -> float:
+    """q·k for a query at position m and a key at position n, both the unit vector of dimension
+    i (i < d/2); with ``sine`` the key is the unit vector of i's partner, i + d/2."""
+    d = rotary.head_dim
+    q, k = torch.zeros(1, 1, 1, d), torch.zeros(1, 1, 1, d)
+    q[..., i] = 1.0
+    k[..., i + d // 2 if sine else i] = 1.0
+    queries = rotary(torch.tensor([[m]]), torch.float32).rotate_queries(q)
+    keys = rotary(torch.tensor([[n]]), torch.float32).rotate_keys(k)
+    return float((queries * keys).sum())
+
+
+def test_xpos_scales_each_dimension_pairs_score_by_zeta_to_the_distance():
+    """By hand: pair i (dims i, i + d/2) turns by θ_i = 10000^(-2i/d) per position, and XPos
+    scales queries by ζ_i^(m/B), keys by ζ_i^(-n/B), ζ_i = (2i + 0.4d) / 1.4d, B = 512, so the
+    score of unit vectors is cos((m - n) θ_i) ζ_i^((m - n)/B) (sin(...) against the partner
+    dimension). Plain rotary gives the same without the factor, and fails this check."""
+    xpos = tiny_model("transformer", position_embedding="xpos").model.rotary_emb
+    plain = tiny_model("transformer").model.rotary_emb
+    d = xpos.head_dim
+    assert (d, xpos.xpos_scale_base) == (8, 512)
+    for i in range(d // 2):
+        theta, zeta = 10000.0 ** (-2 * i / d), (2 * i + 0.4 * d) / (1.4 * d)
+        for m, n in ((1500, 20), (700, 900), (37, 5), (260, 260)):
+            angle, factor = (m - n) * theta, zeta ** ((m - n) / 512)
+            for sine, wave in ((False, math.cos(angle)), (True, math.sin(angle))):
+                expected = wave * factor
+                assert one_pair_score(xpos, i, m, n, sine) == pytest.approx(expected, rel=1e-4, abs=1e-6)
+                assert one_pair_score(plain, i, m, n, sine) == pytest.approx(wave, rel=1e-4, abs=1e-6)
+                if abs(factor - 1) > 0.01 and abs(wave) > 0.1:  # the control: plain rotary fails
+                    assert one_pair_score(plain, i, m, n, sine) != pytest.approx(expected, rel=1e-2)
 
 
 def test_xpos_equals_torchscale_xpos_scores():
@@ -109,10 +141,7 @@ def test_a_position_free_cross_decoder_reads_its_cache_as_a_set(attention_type):
             "yoco-swa", attention_type=attention_type, cross_decoder_positions=positions
         ).model
         backbone.self_decoder = torch.nn.ModuleList()  # the cross-decoder alone reads x
-        with torch.no_grad():  # sharp attention, so where it looks shows in the output
-            for name, weight in backbone.named_parameters():
-                if name.endswith(("q_proj.weight", "k_proj.weight")):
-                    weight.mul_(30)
+        sharpen_attention(backbone, 30)  # sharp attention, so where it looks shows in the output
         rope = backbone.rotary_emb(torch.arange(24)[None], x.dtype)
         scrambled = backbone.rotary_emb(scrambled_ids, x.dtype)
         with torch.no_grad():
