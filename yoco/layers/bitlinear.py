@@ -94,14 +94,6 @@ def quantised_linear(
     return out.to(dtype)  # autocast may have run the product in another dtype
 
 
-def bitlinear_reference(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """The BitLinear forward written plainly: x (..., in), w (out, in) -> (..., out) in x's dtype."""
-    ternary, gamma = weight_quant(w)
-    w_dequantised = ternary.float() * gamma
-    x_dequantised = activation_quant(x)
-    return (x_dequantised @ w_dequantised.T).to(x.dtype)
-
-
 class BitLinear(nn.Linear):
     """``nn.Linear`` whose forward quantises weights to {-1, 0, 1}·γ and inputs to 8 bits per token.
 

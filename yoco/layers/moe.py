@@ -20,7 +20,6 @@ Each ``MoE`` keeps the ``aux_loss`` and the per-expert ``expert_counts`` of its 
 """
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from yoco.layers.mlp import SwiGLU
@@ -129,21 +128,6 @@ class MHMoE(nn.Module):
         # never mixed with other positions.
         sub_tokens = self.head_proj(x).unflatten(-1, (self.heads, -1))
         return self.merge_proj(self.moe(sub_tokens).flatten(-2))
-
-
-def moe_reference(module: MoE | MHMoE, x: torch.Tensor) -> torch.Tensor:
-    """The slow, obviously correct form: every expert on every token, mixed with routing weights
-    that are zero outside each token's top k. The sparse dispatch must equal this."""
-    if isinstance(module, MHMoE):
-        sub_tokens = module.head_proj(x).unflatten(-1, (module.heads, -1))
-        return module.merge_proj(moe_reference(module.moe, sub_tokens).flatten(-2))
-    probs = F.softmax(module.router(x).float(), dim=-1)
-    top, chosen = probs.topk(module.top_k, dim=-1)
-    dense = torch.zeros_like(probs).scatter(-1, chosen, top / top.sum(dim=-1, keepdim=True))
-    out = torch.zeros_like(x)
-    for e, expert in enumerate(module.experts):
-        out = out + (expert(x) * dense[..., e : e + 1]).to(x.dtype)
-    return out
 
 
 def moe_layers(model: nn.Module) -> list[MoE]:
