@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
 from tests.conftest import tiny_model
 from yoco.eval.ppl import evaluate_ppl
@@ -73,6 +74,7 @@ def test_a_saved_model_runs_under_lm_eval(tmp_path, monkeypatch):
         'doc_to_text: "{{question}}"\n'
         'doc_to_choice: "{{choices}}"\n'
         'doc_to_target: "{{answer}}"\n'
+        'target_delimiter: ""\n'  # the choices carry their own leading space
         "metric_list:\n  - metric: acc\n"
     )
     from lm_eval import simple_evaluate
@@ -85,7 +87,24 @@ def test_a_saved_model_runs_under_lm_eval(tmp_path, monkeypatch):
         task_manager=TaskManager(include_path=str(tasks)),
         device="cpu",
         batch_size=2,
+        log_samples=True,
     )
-    accuracy = out["results"]["yoco_tiny_mc"]["acc,none"]
-    assert 0.0 <= accuracy <= 1.0
-    assert out["results"]["yoco_tiny_mc"]["alias"] == "yoco_tiny_mc"
+    # lm_eval's log-likelihood of each choice must be the one our model gives the choice's bytes
+    # after the question's, and its accuracy the share of questions whose answer scores best.
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    correct = 0
+    for sample in sorted(out["samples"]["yoco_tiny_mc"], key=lambda s: s["doc_id"]):
+        row = rows[sample["doc_id"]]
+        ours = [continuation_log_likelihood(model, row["question"], choice) for choice in row["choices"]]
+        theirs = [resp[0][0] for resp in sample["resps"]]
+        assert theirs == pytest.approx(ours, abs=1e-4)
+        correct += max(range(len(ours)), key=ours.__getitem__) == row["answer"]
+    assert out["results"]["yoco_tiny_mc"]["acc,none"] == correct / len(rows)
+
+
+def continuation_log_likelihood(model, context: str, continuation: str) -> float:
+    ids = torch.tensor([list((context + continuation).encode())])
+    with torch.no_grad():
+        log_probs = model(ids).logits[0, :-1].log_softmax(-1)
+    start = len(context.encode())
+    return float(sum(log_probs[t - 1, ids[0, t]] for t in range(start, ids.shape[1])))

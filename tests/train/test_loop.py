@@ -1,6 +1,7 @@
 """Training: loss falls, exact resume, atomic checkpoints, clear errors, torchrun parity."""
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -14,8 +15,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tests.train.conftest import tiny_config
 from yoco.train import checkpoint as ckpt
-from yoco.train.config import ConfigError
-from yoco.train.loop import TrainingDiverged, train
+from yoco.train.config import ConfigError, load_config
+from yoco.train.loop import TrainingDiverged, lr_at, train
 
 
 def losses_of(run_dir):
@@ -372,3 +373,61 @@ def test_max_steps_zero_is_refused_up_front(corpus, tmp_path, capsys):
     with pytest.raises(SystemExit, match="^yoco train: --max-steps must be >= 1, got 0$"):
         main([str(recipe), "--out", str(tmp_path / "run"), "--max-steps", "0", "--no-progress"])
     assert not (tmp_path / "run").exists()
+
+
+def checkpoint_folder_names(run: Path) -> list[str]:
+    """Everything in the run's checkpoints folder, unfinished ``.tmp-*`` writes included."""
+    return sorted(p.name for p in (run / "checkpoints").iterdir())
+
+
+def test_keep_last_prunes_old_checkpoints_and_the_run_still_resumes(corpus, tmp_path):
+    config = tiny_config(corpus, **{"checkpoint.every": 2, "checkpoint.keep_last": 2})
+    straight = train(config, tmp_path / "straight", show_progress=False)["losses"]
+    # Checkpoints at steps 2, 4, ..., 12: the four oldest were deleted as the newer ones landed.
+    assert checkpoint_folder_names(tmp_path / "straight") == ["step-0000010", "step-0000012"]
+    split = tmp_path / "split"
+    train(config, split, stop_at=7, show_progress=False)  # saves 2, 4, 6 and 7
+    assert checkpoint_folder_names(split) == ["step-0000006", "step-0000007"]
+    resumed = train(config, split, resume=True, show_progress=False)["losses"]
+    assert checkpoint_folder_names(split) == ["step-0000010", "step-0000012"]
+    assert resumed == {s: straight[s] for s in range(8, 13)}  # exact, from the newest kept one
+    assert losses_of(split) == straight
+
+
+def test_stop_and_resume_is_exact_under_bf16_autocast(corpus, tmp_path):
+    """The quickstart's train.dtype = "auto" means bf16 autocast on AMX / AVX512-BF16 CPUs.
+    "bfloat16" turns it on wherever torch runs CPU bf16 autocast (emulated without those
+    instructions), so this runs on any machine."""
+    config = tiny_config(corpus, **{"train.dtype": '"bfloat16"', "train.max_steps": 8})
+    straight = train(config, tmp_path / "straight", show_progress=False)["losses"]
+    full_precision = train(tiny_config(corpus), tmp_path / "fp32", stop_at=1, show_progress=False)["losses"]
+    assert straight[1] != full_precision[1]  # autocast was on: the very first loss differs
+    train(config, tmp_path / "split", stop_at=3, show_progress=False)
+    resumed = train(config, tmp_path / "split", resume=True, show_progress=False)["losses"]
+    assert resumed == {s: straight[s] for s in range(4, 9)}  # identical, not merely close
+    assert losses_of(tmp_path / "split") == straight
+
+
+@pytest.mark.parametrize("decay", ["cosine", "linear", "constant"])
+def test_learning_rate_schedule_by_hand(decay):
+    """Warm-up 4 steps to 1e-3 over a 24-step run, then decay to 0.1 of it at the last step."""
+    cfg = load_config(
+        None,
+        [
+            "optimizer.lr=1e-3",
+            "schedule.warmup_steps=4",
+            f'schedule.decay="{decay}"',
+            "schedule.min_lr_ratio=0.1",
+            "train.max_steps=24",
+        ],
+    )
+    assert [lr_at(step, cfg) for step in (1, 2, 4)] == pytest.approx([0.25e-3, 0.5e-3, 1e-3], rel=1e-12)
+    halfway = {"cosine": 0.55e-3, "linear": 0.55e-3, "constant": 1e-3}[decay]  # step 14 of 4..24
+    quarter = {
+        "cosine": 1e-4 + 0.9e-3 * (1 + math.cos(math.pi / 4)) / 2,
+        "linear": 0.775e-3,
+        "constant": 1e-3,
+    }
+    assert lr_at(14, cfg) == pytest.approx(halfway, rel=1e-12)
+    assert lr_at(9, cfg) == pytest.approx(quarter[decay], rel=1e-12)
+    assert lr_at(24, cfg) == pytest.approx(1e-3 if decay == "constant" else 1e-4, rel=1e-12)
