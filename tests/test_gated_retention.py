@@ -81,7 +81,8 @@ def test_bf16_inputs_keep_an_fp32_state():
     o32, s32 = gated_retention_chunkwise(q, k, v, g)
     o16, s16 = gated_retention_chunkwise(q.bfloat16(), k.bfloat16(), v.bfloat16(), g)
     assert o16.dtype == torch.bfloat16 and s16.dtype == torch.float32
-    torch.testing.assert_close(o16.float(), o32, atol=0.1, rtol=0.05)
+    # Measured: 0.033 at most, on outputs up to 8 in magnitude (bf16 keeps ~3 digits).
+    torch.testing.assert_close(o16.float(), o32, atol=0.1, rtol=0)
 
 
 @settings(max_examples=25, deadline=None)

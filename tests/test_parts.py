@@ -36,7 +36,7 @@ def part(request):
 
 def test_cached_chunked_prefill_and_steps_equal_the_full_forward(part):
     kind, overrides = part
-    model = tiny_model(kind, **overrides)
+    model = sharpen_attention(tiny_model(kind, **overrides))  # so an attention bug shows
     ids = torch.randint(0, 99, (2, 30), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         full = model(ids).logits
@@ -44,7 +44,8 @@ def test_cached_chunked_prefill_and_steps_equal_the_full_forward(part):
         pieces = [model(ids[:, :13], cache=cache).logits]  # chunked prefill
         pieces += [model(ids[:, 13:20], cache=cache).logits]
         pieces += [model(ids[:, i : i + 1], cache=cache).logits for i in range(20, 30)]  # steps
-    torch.testing.assert_close(torch.cat(pieces, 1), full, rtol=1e-4, atol=1e-4)
+    # Measured: at most 8.3e-6 of the logits' spread (Diff-YOCO-SWA without positions).
+    torch.testing.assert_close(torch.cat(pieces, 1), full, rtol=0, atol=2.5e-5 * float(full.std()))
     prompt = ids[0, :12].tolist()
     expected = [int(t) for t in model(ids[:1, :12]).logits[0, -1:].argmax(-1)]
     assert yoco.generate(model, [prompt], 1)[0] == expected
