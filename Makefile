@@ -5,6 +5,7 @@
 #
 #   make lock          re-resolve every dependency to the newest allowed version, rewrite the lock
 #   make test-latest   run the suite on the newest allowed versions without touching the lock
+#   make mutants       check that the tests catch each deliberate bug in scripts/mutants.py
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -14,7 +15,7 @@ TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.installed
 LATEST := .venv-latest
 
-.PHONY: demo test lint install lock test-latest clean
+.PHONY: demo test lint install lock test-latest mutants clean
 
 # $(1): the venv folder; $(2): "-c $(LOCK)" for the locked versions, empty for the newest.
 # setuptools lives in the venv (--no-build-isolation) so the build backend is locked too.
@@ -45,9 +46,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+mutants: $(STAMP)
+	$(BIN)/python scripts/mutants.py
+
 lint: $(STAMP)
-	$(BIN)/ruff check yoco tests
-	$(BIN)/ruff format --check yoco tests
+	$(BIN)/ruff check yoco tests scripts
+	$(BIN)/ruff format --check yoco tests scripts
 
 lock:
 	rm -rf $(LATEST)
