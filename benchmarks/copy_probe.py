@@ -10,7 +10,7 @@ kind needle retrieval needs.
 
     python benchmarks/copy_probe.py --kind yoco-swa --steps 1200
     python benchmarks/copy_probe.py --kind yoco-swa+diff --alphabet printable --steps 2400 \
-        --save runs/copy-probe-diff   # stage 1 of the needle curriculum (recipes/needle.toml)
+        --save runs/copy-probe-diff   # stage 1 of the needle curriculum (yoco train needle)
 """
 
 import argparse
@@ -86,7 +86,7 @@ def main() -> None:
                 f"(chance {1 / len(alphabet):.3f}), {time.perf_counter() - start:.0f} s",
                 flush=True,
             )
-    if args.save:  # e.g. as train.init_from of recipes/needle.toml
+    if args.save:  # e.g. as train.init_from of the needle recipe (yoco/recipes/needle.toml)
         model.save_pretrained(args.save)
         load_tokenizer("bytes").save_pretrained(args.save)
 

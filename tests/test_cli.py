@@ -107,7 +107,7 @@ def test_bad_model_folders_are_named_in_one_line(tmp_path, capsys, monkeypatch):
         (["generate", "--model", "missing", "--prompt", "", "--max-new-tokens", "3"], "prompt is empty"),
         (["eval", "ppl", "--model", "missing", "--data", "stdlib", "--seq-len", "0"], "seq_len must be >= 2"),
         (["eval", "needle", "--model", "missing", "--needles", "0"], "needles must be between 1"),
-        (["train", "recipes/quickstart.toml", "--max-steps", "0"], "--max-steps must be >= 1"),
+        (["train", "quickstart", "--max-steps", "0"], "--max-steps must be >= 1"),
     ],
 )
 def test_bad_values_are_refused_in_one_line_before_loading(argv, problem, capsys):

@@ -1,6 +1,6 @@
 """`yoco quickstart` (what `make demo` runs): train, generate, profile, in a few minutes.
 
-1. Trains ``recipes/quickstart.toml`` (a tiny YOCO-gRet) on the embedded corpus, the Python
+1. Trains the shipped ``quickstart`` recipe (``yoco/recipes/quickstart.toml``) (a tiny YOCO-gRet) on the embedded corpus, the Python
    standard library's own source, with a progress bar; writes the loss curve.
 2. Loads the final checkpoint with ``AutoModelForCausalLM`` / ``AutoTokenizer`` and completes
    a line of code with the inference engine.
@@ -18,7 +18,6 @@ import yoco
 from yoco.train.config import load_config
 from yoco.train.loop import train
 
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.toml"
 PROMPT = "    def __init__(self"
 
 
@@ -34,7 +33,7 @@ def new_run_folder(parent: Path, name: str) -> Path:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="yoco quickstart", description=__doc__)
-    parser.add_argument("--recipe", default=str(RECIPE))
+    parser.add_argument("--recipe", default="quickstart", help="a shipped recipe's name or a TOML file")
     parser.add_argument(
         "--out", help="run folder (default: a new runs/quickstart-DATE-TIME each time, so the demo reruns)"
     )

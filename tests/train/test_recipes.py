@@ -1,15 +1,13 @@
 """Every shipped recipe parses, names existing data sources and builds its model."""
 
-from pathlib import Path
-
 import pytest
 
 from yoco.tokenizer import load_tokenizer
-from yoco.train.config import load_config
+from yoco.train.config import load_config, shipped_recipes
 from yoco.train.data import list_documents
 from yoco.train.loop import build_model
 
-RECIPES = sorted((Path(__file__).parents[2] / "recipes").glob("*.toml"))
+RECIPES = list(shipped_recipes().values())
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)

@@ -11,7 +11,7 @@ from yoco.train.loop import TrainingDiverged, train
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="yoco train", description=__doc__)
-    parser.add_argument("config", help="TOML recipe, e.g. recipes/quickstart.toml")
+    parser.add_argument("config", help="a TOML recipe file, or a shipped recipe's name (quickstart, needle)")
     parser.add_argument("--out", default=None, help="run folder (default runs/<recipe name>)")
     parser.add_argument(
         "--max-steps",

@@ -169,12 +169,29 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
+def shipped_recipes() -> dict[str, Path]:
+    """The recipes packaged with yoco (``yoco/recipes/*.toml``), by name."""
+    folder = Path(__file__).resolve().parents[1] / "recipes"
+    return {p.stem: p for p in sorted(folder.glob("*.toml"))}
+
+
+def find_recipe(name_or_path: str | Path) -> Path:
+    """A TOML file: the path itself if it exists, else a shipped recipe of that name."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = shipped_recipes()
+    if str(name_or_path) in shipped:
+        return shipped[str(name_or_path)]
+    raise ConfigError(f"no recipe file {path}, and no shipped recipe of that name ({', '.join(shipped)})")
+
+
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
+    """A run's recipe: a TOML file or a shipped recipe's name (None: the defaults), with
+    ``section.key=value`` overrides applied."""
     raw = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
+        path = find_recipe(path)
         try:
             raw = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as error:
