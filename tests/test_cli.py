@@ -6,10 +6,15 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from safetensors.torch import load_file, save_file
 
+import yoco
 from tests.conftest import tiny_model
 from yoco.cli import main
+from yoco.generate_cli import StdoutStreamer
+from yoco.models.pretrained import load_pretrained
+from yoco.tokenizer import BYTE_VOCAB_SIZE, byte_tokenizer, train_bpe
 
 
 def test_generate_streams_from_a_random_preset(capsys):
@@ -24,6 +29,97 @@ def test_generate_from_a_saved_model(tmp_path, capsys):
     model.save_pretrained(tmp_path)
     main(["generate", "--model", str(tmp_path), "--prompt", "ab", "--max-new-tokens", "5"])
     assert capsys.readouterr().out.startswith("ab")
+
+
+def test_streaming_never_splits_a_character(capsys):
+    """Fed one UTF-8 byte per token, the streamer writes no half character (U+FFFD) and its
+    pieces join to the text."""
+    text = "café →\nünïcode ✓ done"
+    streamer, pieces = StdoutStreamer(byte_tokenizer()), []
+    for token in byte_tokenizer()(text, add_special_tokens=False)["input_ids"]:
+        streamer.put(torch.tensor([token]))
+        pieces.append(capsys.readouterr().out)
+    streamer.end()
+    pieces.append(capsys.readouterr().out)
+    assert "\ufffd" not in "".join(pieces) and "".join(pieces) == text
+    assert sum(1 for piece in pieces if piece) > 2  # it streams, not one write at the end
+
+
+BPE_TEXT = "café ünïcode → déjà vu, naïve façade → ünïcode café\n"
+
+
+@pytest.fixture
+def bpe_run(tmp_path):
+    """A run folder of `yoco train` with a BPE tokenizer: 3 steps of a tiny YOCO-gRet."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(8):
+        (corpus / f"doc{i}.txt").write_text(BPE_TEXT * (i + 2))
+    train_bpe([BPE_TEXT] * 20, vocab_size=300).save_pretrained(tmp_path / "bpe")
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(
+        f"""
+[model]
+architecture = "yoco"
+self_decoder = "gret"
+hidden_size = 32
+intermediate_size = 64
+num_hidden_layers = 2
+num_attention_heads = 4
+max_position_embeddings = 256
+[data]
+sources = [{{ path = "{corpus}", weight = 1.0 }}]
+seq_len = 32
+val_fraction = 0.0
+[tokenizer]
+path = "{tmp_path / "bpe"}"
+[train]
+max_steps = 3
+batch_size = 2
+dtype = "float32"
+[schedule]
+warmup_steps = 1
+[checkpoint]
+every = 3
+[eval]
+every = 100
+[logging]
+tensorboard = false
+"""
+    )
+    main(["train", str(recipe), "--out", str(tmp_path / "run"), "--no-progress"])
+    return tmp_path / "run"
+
+
+def test_generate_uses_the_tokenizer_saved_with_the_run(bpe_run, capsys, monkeypatch):
+    model, tokenizer = load_pretrained(bpe_run)
+    assert tokenizer is not None and model.config.vocab_size == len(tokenizer) > BYTE_VOCAB_SIZE
+    prompt = "café ünïcode →"
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    assert len(ids) < len(prompt.encode()), "the prompt should take multi-byte BPE tokens"
+    expected = yoco.generate(model, [ids], 24, stop_token_ids=[tokenizer.eos_token_id])[0]
+
+    fed, stream_generate = [], yoco.stream_generate
+
+    def spy(model, prompts, *args, **kwargs):
+        fed.append((prompts, kwargs["stop_token_ids"]))
+        return stream_generate(model, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(yoco, "stream_generate", spy)
+    capsys.readouterr()
+    main(["generate", "--model", str(bpe_run), "--prompt", prompt, "--max-new-tokens", "24"])
+    out = capsys.readouterr().out
+    assert fed == [([ids], [tokenizer.eos_token_id])]
+    # The prompt comes back exactly, followed by the streamed continuation, which is the
+    # one-shot decode of the tokens greedy generation gives for the same prompt.
+    assert out.startswith(prompt)
+    assert out[len(prompt) :] == tokenizer.decode(expected, skip_special_tokens=True)
+
+
+def test_a_saved_model_without_tokenizer_needs_the_byte_vocabulary(tmp_path, capsys):
+    tiny_model("yoco-swa", vocab_size=300).save_pretrained(tmp_path)
+    message = one_line_exit(["generate", "--model", str(tmp_path), "--prompt", "ab"], capsys)
+    assert f"{tmp_path} has no tokenizer saved" in message and "300" in message
 
 
 def test_generate_rejects_bad_input_with_a_message():

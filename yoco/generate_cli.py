@@ -1,17 +1,24 @@
-"""`yoco generate`: stream a completion from a saved model (or a random ``--config tiny`` one)."""
+"""`yoco generate`: stream a completion from a saved model (or a random ``--config tiny`` one).
+
+The prompt is encoded, and the output decoded, with the tokenizer saved beside the model (a
+training run saves it in every checkpoint). A random preset, or a saved model without a
+tokenizer whose vocabulary is the byte-level one, uses ``yoco.tokenizer.byte_tokenizer()``.
+"""
 
 import argparse
-import codecs
 import sys
 import time
+from pathlib import Path
 
 import torch
+from transformers import TextStreamer
 
 import yoco
 from yoco.inference.sampling import check_sampling
 from yoco.models import build_causal_lm
 from yoco.models.pretrained import load_pretrained
-from yoco.tokenizer import BYTE_VOCAB_SIZE, EOS_ID, encode_bytes
+from yoco.tokenizer import BYTE_VOCAB_SIZE, byte_tokenizer
+from yoco.train.checkpoint import find_weights
 
 PRESETS = {
     # Randomly initialised shapes for trying the engine before any training.
@@ -28,12 +35,38 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def load_model(path: str | None, preset: str | None, architecture: str, dtype: torch.dtype):
+    """(model in eval mode, its tokenizer): the saved one, or the byte-level tokenizer for a
+    random preset and for a saved model without one whose vocabulary is the byte vocabulary."""
     if path:
-        return load_pretrained(path, dtype)[0]
-    fields = PRESETS[preset]
-    torch.manual_seed(0)
-    model = build_causal_lm(architecture, {"sliding_window": 256}, **fields)
-    return model.to(dtype).eval()
+        model, tokenizer = load_pretrained(path, dtype)
+    else:
+        torch.manual_seed(0)
+        model = build_causal_lm(architecture, {"sliding_window": 256}, **PRESETS[preset])
+        model, tokenizer = model.to(dtype).eval(), None
+    if tokenizer is None:
+        vocab_size = model.config.vocab_size
+        if vocab_size != BYTE_VOCAB_SIZE:
+            raise ValueError(
+                f"{find_weights(Path(path))} has no tokenizer saved and its vocabulary of {vocab_size} "
+                f"tokens is not the byte-level one ({BYTE_VOCAB_SIZE}); save the tokenizer it was "
+                "trained with beside it (tokenizer.save_pretrained)"
+            )
+        tokenizer = byte_tokenizer()
+    return model, tokenizer
+
+
+class StdoutStreamer(TextStreamer):
+    """transformers' ``TextStreamer``: it decodes the whole generated sequence at each new token
+    and writes only text that further tokens cannot change, so a character split over several
+    tokens (a UTF-8 byte each, or BPE pieces) comes out whole, never as U+FFFD halves. Unlike
+    its parent it ends without a newline: stdout holds exactly the prompt and its completion."""
+
+    def __init__(self, tokenizer):
+        super().__init__(tokenizer, skip_special_tokens=True)
+
+    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -60,11 +93,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.prefill_chunk_size is not None and args.prefill_chunk_size < 1:
         raise ValueError(f"prefill chunk size must be >= 1, got {args.prefill_chunk_size}")
     check_sampling(args.temperature, args.top_k, args.top_p)
-    prompt = encode_bytes(args.prompt)
-    if not prompt:
+    if not args.prompt:
         raise ValueError("prompt is empty: give at least one character")
-    model = load_model(args.model, args.config, args.arch, DTYPES[args.dtype])
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    model, tokenizer = load_model(args.model, args.config, args.arch, DTYPES[args.dtype])
+    # As training tokenizes its documents: no special tokens added.
+    prompt = tokenizer(args.prompt, add_special_tokens=False)["input_ids"]
+    eos = tokenizer.eos_token_id
+    streamer = StdoutStreamer(tokenizer)
     sys.stdout.write(args.prompt)
     start, count = time.perf_counter(), 0
     for step in yoco.stream_generate(
@@ -74,16 +109,15 @@ def main(argv: list[str] | None = None) -> None:
         temperature=args.temperature,
         top_k=args.top_k,
         top_p=args.top_p,
-        stop_token_ids=[EOS_ID],
+        stop_token_ids=None if eos is None else [eos],
         prefill_chunk_size=args.prefill_chunk_size,
         seed=args.seed,
     ):
         token = step[0]
-        if token is None or token >= 256:
+        if token is None:
             continue
         count += 1
-        sys.stdout.write(decoder.decode(bytes([token])))
-        sys.stdout.flush()
+        streamer.put(torch.tensor([token]))
     elapsed = time.perf_counter() - start
-    sys.stdout.write(decoder.decode(b"", final=True))
+    streamer.end()
     print(f"\n[{count} tokens in {elapsed:.2f}s, {count / elapsed:.1f} tokens/s]", file=sys.stderr)
