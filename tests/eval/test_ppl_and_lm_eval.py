@@ -1,9 +1,12 @@
-"""`eval ppl` equals the training loss on the same tokens; a saved model runs under lm_eval."""
+"""`eval ppl` equals the training loss on the same tokens and is exp(cross-entropy) alone for an
+MoE model; a saved model runs under lm_eval."""
 
 import json
+import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
 from tests.conftest import tiny_model
@@ -49,6 +52,34 @@ def test_ppl_on_a_file_shorter_than_one_window_scores_its_own_tokens(tmp_path):
     for bad in (dict(seq_len=1), dict(batch_size=0), dict(max_tokens=1)):
         with pytest.raises(ValueError, match=next(iter(bad))):
             evaluate_ppl(model, byte_tokenizer(), str(text), **bad)
+
+
+def test_the_ppl_of_an_moe_model_is_its_cross_entropy_alone(tmp_path):
+    """exp(cross-entropy), computed here from the logits, and not exp(CE + coef · aux): the
+    load-balancing term trains the router but is no part of how well the model predicts."""
+    text = "def moe(x):\n    return x * 2  # routed\n" * 3  # 117 bytes + EOS
+    (tmp_path / "moe.txt").write_text(text)
+    model = tiny_model("yoco-swa", vocab_size=258, ffn_type="moe", num_experts=4)
+    result = evaluate_ppl(model, byte_tokenizer(), str(tmp_path), seq_len=32, batch_size=2)
+    tokens = list(text.encode()) + [257]
+    windows = [torch.tensor([tokens[i : i + 32]]) for i in range(0, len(tokens), 32)]  # 32, 32, 32, 22
+    summed, aux_summed, predicted = 0.0, 0.0, 0
+    with torch.no_grad():
+        for ids in windows:
+            out = model(ids)
+            count = ids.shape[1] - 1
+            summed += float(F.cross_entropy(out.logits[0, :-1], ids[0, 1:], reduction="sum"))
+            aux_summed += float(out.aux_loss) * count
+            predicted += count
+    cross_entropy = summed / predicted
+    assert result["tokens"] == predicted == 31 * 3 + 21
+    assert result["loss"] == pytest.approx(cross_entropy, rel=1e-5)
+    assert result["ppl"] == pytest.approx(math.exp(cross_entropy), rel=1e-5)
+    # The control: this model's aux loss is far from zero (four layers, measured 4.07), so had
+    # the balancing term been folded in, ppl would be exp(0.01 · 4.07) ≈ 4% larger.
+    with_aux = cross_entropy + model.config.router_aux_loss_coef * aux_summed / predicted
+    assert aux_summed / predicted > 3.5
+    assert result["ppl"] != pytest.approx(math.exp(with_aux), rel=1e-3)
 
 
 def test_a_saved_model_runs_under_lm_eval(tmp_path, monkeypatch):

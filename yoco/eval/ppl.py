@@ -2,7 +2,9 @@
 
 Documents are read in their stable order, tokenised, joined with EOS and cut into consecutive
 windows of ``seq_len`` tokens exactly as training packs them (long documents simply span
-several windows); the loss is the mean next-token cross-entropy over every predicted token.
+several windows); the loss is the mean next-token cross-entropy over every predicted token
+(the model's ``loss``; a mixture-of-experts model returns its load-balancing loss apart, as
+``aux_loss``, so it is never part of the perplexity).
 Each token is scored once: the last window may be shorter, and a source shorter than one
 window is scored as it is rather than repeated to fill it. On the same full windows this is
 the training loss, which the tests check.

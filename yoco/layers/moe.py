@@ -15,8 +15,10 @@ Load balancing (Switch Transformer / GShard): with f_e the fraction of the T·k 
 that went to expert e and P_e the mean router probability of e over the T tokens,
 ``aux = E · Σ_e f_e · P_e``; 1.0 when routing is uniform, E when everything goes to one expert.
 Each ``MoE`` keeps the ``aux_loss`` and the per-expert ``expert_counts`` of its last forward;
-:func:`moe_aux_loss` sums the former over a model (``CausalLM`` adds it to the loss with
-``router_aux_loss_coef``), :func:`expert_statistics` summarises the latter for training logs.
+:func:`moe_aux_loss` sums the former over a model (``CausalLM`` returns it unscaled as the
+output's ``aux_loss``, beside the cross-entropy ``loss``; the trainer adds
+``router_aux_loss_coef`` times it to its objective), :func:`expert_statistics` summarises the
+latter for training logs.
 """
 
 import torch

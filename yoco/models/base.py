@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from huggingface_hub.dataclasses import strict
 from torch import nn
 from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
-from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.modeling_outputs import MoeCausalLMOutputWithPast
 
 from yoco.cache import ModelCache
 from yoco.layers.bitlinear import convert_to_bitlinear
@@ -162,7 +162,7 @@ class CausalLM(MakesOwnCache, DecoderPreTrainedModel, GenerationMixin):
         logits_to_keep: int = 0,
         past_key_values: ModelCache | None = None,
         **kwargs,
-    ) -> CausalLMOutputWithPast:
+    ) -> MoeCausalLMOutputWithPast:
         """Logits for ``input_ids`` (B, N), continuing ``cache`` (from :meth:`new_cache`) when given.
 
         ``past_key_values`` is the name transformers used for ``cache`` before 5.24; it is still
@@ -171,6 +171,21 @@ class CausalLM(MakesOwnCache, DecoderPreTrainedModel, GenerationMixin):
         ``logits_to_keep = k > 0`` computes logits for the last k positions only; in YOCO the
         cross-decoder then runs for those positions only (prefill early exit, exact).
         Everything is validated before any cache is touched.
+
+        Returns transformers' ``MoeCausalLMOutputWithPast`` (for every model, so ``aux_loss``
+        is always an attribute):
+
+        * ``loss`` (with ``labels``): the mean next-token cross-entropy, and nothing else; its
+          exp is the perplexity.
+        * ``aux_loss``: the unscaled load-balancing loss of this forward, summed over the
+          mixture-of-experts layers (:func:`yoco.layers.moe.moe_aux_loss`), with or without
+          ``labels``; None for a model without MoE layers.
+
+        The training objective is ``loss + config.router_aux_loss_coef * aux_loss``, which the
+        trainer forms itself (``yoco.train.loop.training_objective``). This departs on purpose
+        from ``MixtralForCausalLM``, whose ``loss`` includes that term when
+        ``output_router_logits`` is on: here ``loss`` never does, so a reported loss or
+        perplexity is always cross-entropy alone.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
@@ -203,13 +218,9 @@ class CausalLM(MakesOwnCache, DecoderPreTrainedModel, GenerationMixin):
             )
         hidden = self.model(inputs_embeds, position_ids, cache, keep_last=logits_to_keep or None)
         logits = self.lm_head(hidden)
-        loss = None
-        if labels is not None:
-            loss = causal_lm_loss(logits, labels)
-            aux = moe_aux_loss(self)  # None without mixture-of-experts layers
-            if aux is not None:
-                loss = loss + self.config.router_aux_loss_coef * aux
-        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=cache)
+        loss = causal_lm_loss(logits, labels) if labels is not None else None
+        aux_loss = moe_aux_loss(self)  # None without mixture-of-experts layers
+        return MoeCausalLMOutputWithPast(loss=loss, aux_loss=aux_loss, logits=logits, cache=cache)
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -88,6 +88,19 @@ def lr_at(step: int, cfg: RunConfig) -> float:
     return peak * (schedule.min_lr_ratio + (1 - schedule.min_lr_ratio) * shape)
 
 
+def training_objective(outputs, config) -> torch.Tensor:
+    """What the trainer minimises: the model's cross-entropy ``outputs.loss`` plus
+    ``config.router_aux_loss_coef`` times its unscaled load-balancing loss ``outputs.aux_loss``
+    (models without mixture-of-experts layers have none, and train on the cross-entropy alone).
+
+    The model keeps the two apart (its ``loss`` is cross-entropy only, so logged losses and
+    perplexities never include the balancing term); only the objective adds them.
+    """
+    if outputs.aux_loss is None:
+        return outputs.loss
+    return outputs.loss + config.router_aux_loss_coef * outputs.aux_loss
+
+
 def param_groups(model, weight_decay: float) -> list[dict]:
     """Weight decay on matrices only (not on norms' scales)."""
     decay = [p for p in model.parameters() if p.dim() >= 2]
@@ -276,9 +289,13 @@ def _train(cfg: RunConfig, out: Path, resume: bool, stop_at: int | None, show_pr
     losses = {}
     last_val = None
 
-    def forward_loss(ids):
+    def forward(ids):
+        """The model's outputs on ``ids`` (its own labels): ``loss`` (cross-entropy), ``aux_loss``."""
         with torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            return wrapped(input_ids=ids, labels=ids).loss
+            return wrapped(input_ids=ids, labels=ids)
+
+    def forward_loss(ids):  # validation: cross-entropy alone
+        return forward(ids).loss
 
     def save(step):
         model_state, optim_state = distributed.full_state_dicts(wrapped, optimizer, d)
@@ -306,17 +323,22 @@ def _train(cfg: RunConfig, out: Path, resume: bool, stop_at: int | None, show_pr
             group["lr"] = lr
         batch = mixture.next_batch(t.batch_size)
         local = batch[d.rank * per_rank * t.grad_accum : (d.rank + 1) * per_rank * t.grad_accum].to(d.device)
-        total = torch.zeros((), device=d.device)
+        # The step's mean cross-entropy and mean unscaled aux loss (0 without MoE), over its
+        # micro-batches here and then over the processes (one all-reduce for both).
+        totals = torch.zeros(2, device=d.device)
         for micro in range(t.grad_accum):
             ids = local[micro * per_rank : (micro + 1) * per_rank]
-            loss = forward_loss(ids) / t.grad_accum
-            loss.backward()
-            total += loss.detach()
-        step_loss = float(distributed.mean_across(total, d))
-        if not math.isfinite(step_loss):
+            outputs = forward(ids)
+            (training_objective(outputs, model.config) / t.grad_accum).backward()
+            totals[0] += outputs.loss.detach() / t.grad_accum
+            if outputs.aux_loss is not None:
+                totals[1] += outputs.aux_loss.detach() / t.grad_accum
+        step_loss, step_aux = distributed.mean_across(totals, d).tolist()
+        if not (math.isfinite(step_loss) and math.isfinite(step_aux)):
             bar.close()
+            what = f"loss is {step_loss}" if not math.isfinite(step_loss) else f"moe_aux_loss is {step_aux}"
             raise TrainingDiverged(
-                f"loss is {step_loss} at step {step}; stopped without saving, the last good checkpoint is kept"
+                f"{what} at step {step}; stopped without saving, the last good checkpoint is kept"
             )
         grad_norm = float(torch.nn.utils.clip_grad_norm_(wrapped.parameters(), cfg.optimizer.grad_clip))
         optimizer.step()
@@ -333,7 +355,13 @@ def _train(cfg: RunConfig, out: Path, resume: bool, stop_at: int | None, show_pr
             "tokens": step * tokens_per_step,
         }
         # Expert activation of the step's last micro-batch (this process's share); {} without MoE.
-        record.update(expert_statistics(model))
+        # ``loss`` is cross-entropy alone; with MoE layers, ``moe_aux_loss`` is the step's mean
+        # unscaled balancing loss, like ``loss`` over all micro-batches and processes, so the
+        # step minimised loss + router_aux_loss_coef * moe_aux_loss.
+        stats = expert_statistics(model)
+        if stats:
+            stats["moe_aux_loss"] = step_aux
+        record.update(stats)
         if val_batches and (step % cfg.eval.every == 0 or step == last_step):
             last_val = evaluate(wrapped, val_batches, forward_loss, d)
             record["val_loss"] = last_val
