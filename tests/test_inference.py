@@ -432,3 +432,20 @@ def test_prompts_that_are_not_token_ids_are_refused_at_the_door():
         yoco.prefill(model, torch.tensor([1.0, 2.0]))
     ints = yoco.generate(model, [[3, 4, 5]], 3)
     assert yoco.generate(model, torch.tensor([[3, 4, 5]], dtype=torch.int32), 3) == ints
+
+
+def test_logits_to_keep_follows_transformers(model_kind):
+    """0 keeps every position, k the last k, a tensor the positions it lists (none when empty),
+    and each gives the full forward's logits at those positions."""
+    model = tiny_model(model_kind)
+    ids = torch.tensor([prompt_of(12)])
+    full = model(ids).logits
+    assert torch.equal(model(ids, logits_to_keep=0).logits, full)
+    torch.testing.assert_close(model(ids, logits_to_keep=3).logits, full[:, -3:], rtol=0, atol=1e-6)
+    picked = torch.tensor([0, 5, 11])
+    torch.testing.assert_close(model(ids, logits_to_keep=picked).logits, full[:, picked], rtol=0, atol=1e-6)
+    cache = model.new_cache(1)
+    assert model(ids, cache=cache, logits_to_keep=yoco.models.base.NO_LOGITS).logits.shape == (1, 0, 99)
+    assert cache.lengths == [12], "keeping no logits still fills the cache"
+    with pytest.raises(ValueError, match="outside"):
+        model(ids, logits_to_keep=torch.tensor([12]))

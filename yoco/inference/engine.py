@@ -21,6 +21,7 @@ import torch
 
 from yoco.cache import ModelCache
 from yoco.inference.sampling import check_sampling, sample_next
+from yoco.models.base import NO_LOGITS
 
 
 def _as_prompts(prompts) -> list[list[int]]:
@@ -70,10 +71,6 @@ def check_prompt(model, prompt: Sequence[int], extra_tokens: int = 0) -> None:
         )
 
 
-def _positions(cache: ModelCache, n: int, device) -> torch.Tensor:
-    return torch.tensor(cache.lengths, device=device)[:, None] + torch.arange(n, device=device)
-
-
 @torch.no_grad()
 def prefill(
     model, input_ids, chunk_size: int | None = None, capacity: int | None = None
@@ -94,9 +91,7 @@ def prefill(
     cache = model.new_cache(ids.shape[0], capacity or n)
     step = chunk_size or n
     for start in range(0, n - step, step):  # every chunk but the last: fill the cache only
-        chunk = ids[:, start : start + step]
-        embeds = model.model.embed_tokens(chunk)
-        model.model(embeds, _positions(cache, chunk.shape[1], ids.device), cache, keep_last=0)
+        model(ids[:, start : start + step], cache=cache, logits_to_keep=NO_LOGITS)
     last_chunk = ids[:, ((n - 1) // step) * step :]
     logits = model(last_chunk, cache=cache, logits_to_keep=1).logits[:, -1]
     return logits, cache

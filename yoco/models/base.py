@@ -159,7 +159,7 @@ class CausalLM(MakesOwnCache, DecoderPreTrainedModel, GenerationMixin):
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
-        logits_to_keep: int = 0,
+        logits_to_keep: int | torch.Tensor = 0,
         past_key_values: ModelCache | None = None,
         **kwargs,
     ) -> MoeCausalLMOutputWithPast:
@@ -168,9 +168,10 @@ class CausalLM(MakesOwnCache, DecoderPreTrainedModel, GenerationMixin):
         ``past_key_values`` is the name transformers used for ``cache`` before 5.24; it is still
         taken, so a caller using the old name does not silently start from an empty cache.
 
-        ``logits_to_keep = k > 0`` computes logits for the last k positions only; in YOCO the
-        cross-decoder then runs for those positions only (prefill early exit, exact).
-        Everything is validated before any cache is touched.
+        ``logits_to_keep`` follows transformers: ``0`` keeps every position, ``k > 0`` the last
+        k, a 1-D tensor the positions it lists, so an empty one (:data:`NO_LOGITS`) keeps none and
+        only fills the cache. In YOCO the cross-decoder runs for the kept positions only
+        (prefill early exit, exact). Everything is validated before any cache is touched.
 
         Returns transformers' ``MoeCausalLMOutputWithPast`` (for every model, so ``aux_loss``
         is always an attribute):
@@ -216,11 +217,31 @@ class CausalLM(MakesOwnCache, DecoderPreTrainedModel, GenerationMixin):
                 f"sequence reaches position {int(position_ids.max())}, past "
                 f"max_position_embeddings={self.config.max_position_embeddings}"
             )
-        hidden = self.model(inputs_embeds, position_ids, cache, keep_last=logits_to_keep or None)
-        logits = self.lm_head(hidden)
+        keep_last, indices = positions_to_keep(logits_to_keep, n)
+        hidden = self.model(inputs_embeds, position_ids, cache, keep_last=keep_last)
+        logits = self.lm_head(hidden if indices is None else hidden[:, indices])
         loss = causal_lm_loss(logits, labels) if labels is not None else None
         aux_loss = moe_aux_loss(self)  # None without mixture-of-experts layers
         return MoeCausalLMOutputWithPast(loss=loss, aux_loss=aux_loss, logits=logits, cache=cache)
+
+
+NO_LOGITS = torch.empty(0, dtype=torch.long)  # logits_to_keep that keeps no position: fill the cache only
+
+
+def positions_to_keep(logits_to_keep: int | torch.Tensor, n: int) -> tuple[int | None, torch.Tensor | None]:
+    """transformers' ``logits_to_keep`` as (how many last positions the body computes: None for
+    all, 0 for none; the positions to pick from those, or None for all of them)."""
+    if not isinstance(logits_to_keep, torch.Tensor):
+        if logits_to_keep < 0:
+            raise ValueError(f"logits_to_keep must be >= 0, got {logits_to_keep}")
+        return (min(logits_to_keep, n) or None), None
+    wanted = logits_to_keep.flatten().cpu()
+    if wanted.numel() and not bool(((wanted >= -n) & (wanted < n)).all()):
+        raise ValueError(f"logits_to_keep lists positions outside the {n} of this input")
+    wanted = wanted.remainder(n) if n else wanted
+    if torch.equal(wanted, torch.arange(n - wanted.numel(), n)):  # the last k, or none
+        return wanted.numel(), None
+    return None, wanted
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
