@@ -19,9 +19,7 @@ import time
 
 import torch
 
-from yoco.eval.mqar import split_kind
-from yoco.generate_cli import PRESETS
-from yoco.models import build_causal_lm
+from yoco.models import build
 from yoco.tokenizer import BYTE_VOCAB_SIZE, load_tokenizer
 from yoco.train.data import PRINTABLE
 
@@ -64,8 +62,7 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.manual_seed(0)
-    kind, parts = split_kind(args.kind)
-    model = build_causal_lm(kind, {"sliding_window": 16}, **PRESETS["tiny"], **parts)  # width 128, 4 layers
+    model = build(args.kind, "tiny", where_applicable={"sliding_window": 16})  # width 128, 4 layers
     alphabet = ALPHABETS[args.alphabet]
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1, betas=(0.9, 0.95))
     generator = torch.Generator().manual_seed(0)

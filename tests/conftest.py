@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from yoco.models import build_causal_lm
+from yoco.models import build
 
 TINY = dict(
     vocab_size=99,
@@ -21,17 +21,8 @@ MODEL_KINDS = ("transformer", "yoco-swa", "yoco-gret", "yoco-retention", "retnet
 def tiny_model(kind: str, **overrides) -> torch.nn.Module:
     """A randomly initialised tiny model of the given kind, in eval mode."""
     torch.manual_seed(0)
-    fields = {**TINY, **overrides}
-    options = {
-        "sliding_window": fields.pop("sliding_window", 8),
-        "gret_chunk_size": fields.pop("gret_chunk_size", 16),
-    }
-    for name in ("dilated_segments", "dilated_ratios"):  # given only by the dilated tests
-        if name in fields:
-            options[name] = fields.pop(name)
-    if kind == "retnet":
-        fields.setdefault("retention_chunk_size", 16)
-    return build_causal_lm(kind, options, **fields).eval()
+    small_blocks = dict(sliding_window=8, gret_chunk_size=16, retention_chunk_size=16)
+    return build(kind, where_applicable=small_blocks, **{**TINY, **overrides}).eval()
 
 
 def sharpen_attention(model: torch.nn.Module, factor: float = 20.0) -> torch.nn.Module:

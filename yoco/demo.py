@@ -11,26 +11,18 @@ import time
 import torch
 
 from yoco.data.stdlib import stdlib_text
-from yoco.models import build_causal_lm
-from yoco.tokenizer import BYTE_VOCAB_SIZE, encode_bytes
+from yoco.models import PRESETS, build
+from yoco.tokenizer import encode_bytes
 
-DEMO_SHAPE = dict(
-    vocab_size=BYTE_VOCAB_SIZE,
-    hidden_size=256,
-    intermediate_size=688,
-    num_hidden_layers=8,
-    num_attention_heads=8,
-    num_key_value_heads=4,
-    max_position_embeddings=8192,
-)
+SHAPE = PRESETS["small"]
 
 
 def build_models(window: int) -> dict[str, torch.nn.Module]:
     torch.manual_seed(0)
     return {
-        "YOCO-gRet": build_causal_lm("yoco-gret", **DEMO_SHAPE),
-        "YOCO-SWA": build_causal_lm("yoco-swa", {"sliding_window": window}, **DEMO_SHAPE),
-        "Transformer": build_causal_lm("transformer", **DEMO_SHAPE),
+        "YOCO-gRet": build("yoco-gret", "small"),
+        "YOCO-SWA": build("yoco-swa", "small", sliding_window=window),
+        "Transformer": build("transformer", "small"),
     }
 
 
@@ -63,10 +55,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"input: {ids.shape[1]} byte tokens of Python standard-library source")
     print(
-        f"shape: hidden {DEMO_SHAPE['hidden_size']}, {DEMO_SHAPE['num_hidden_layers']} layers, "
-        f"{DEMO_SHAPE['num_attention_heads']} heads ({DEMO_SHAPE['num_key_value_heads']} kv), "
-        f"vocab {DEMO_SHAPE['vocab_size']}; models are untrained, so loss ~ ln(vocab) = "
-        f"{torch.log(torch.tensor(float(DEMO_SHAPE['vocab_size']))):.3f}\n"
+        f"shape: hidden {SHAPE['hidden_size']}, {SHAPE['num_hidden_layers']} layers, "
+        f"{SHAPE['num_attention_heads']} heads ({SHAPE['num_key_value_heads']} kv), "
+        f"vocab {SHAPE['vocab_size']}; models are untrained, so loss ~ ln(vocab) = "
+        f"{torch.log(torch.tensor(float(SHAPE['vocab_size']))):.3f}\n"
     )
     header = f"{'model':<12} {'params':>10} {'non-emb':>10} {'loss':>7} {'fp32 fwd':>9} {'bf16 fwd':>9}"
     print(header)

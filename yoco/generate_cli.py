@@ -15,22 +15,11 @@ from transformers import TextStreamer
 
 import yoco
 from yoco.inference.sampling import check_sampling
-from yoco.models import build_causal_lm
+from yoco.models import KINDS, PRESETS, build
 from yoco.models.pretrained import load_pretrained
 from yoco.tokenizer import BYTE_VOCAB_SIZE, byte_tokenizer
 from yoco.train.checkpoint import find_weights
 
-PRESETS = {
-    # Randomly initialised shapes for trying the engine before any training.
-    "tiny": dict(
-        vocab_size=BYTE_VOCAB_SIZE,
-        hidden_size=128,
-        intermediate_size=344,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        max_position_embeddings=8192,
-    ),
-}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
@@ -41,7 +30,7 @@ def load_model(path: str | None, preset: str | None, architecture: str, dtype: t
         model, tokenizer = load_pretrained(path, dtype)
     else:
         torch.manual_seed(0)
-        model = build_causal_lm(architecture, {"sliding_window": 256}, **PRESETS[preset])
+        model = build(architecture, preset, where_applicable={"sliding_window": 256})
         model, tokenizer = model.to(dtype).eval(), None
     if tokenizer is None:
         vocab_size = model.config.vocab_size
@@ -75,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     source.add_argument("--model", help="a saved model: save_pretrained folder, checkpoint or run folder")
     source.add_argument("--config", choices=sorted(PRESETS), help="random model of a preset shape")
     parser.add_argument(
-        "--arch", default="yoco-gret", choices=["yoco-gret", "yoco-swa", "transformer"], help="with --config"
+        "--arch", default="yoco-gret", help=f"with --config: a model name, {', '.join(KINDS)}, +parts"
     )
     parser.add_argument("--prompt", required=True)
     parser.add_argument("--max-new-tokens", type=int, default=64)

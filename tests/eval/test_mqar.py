@@ -103,7 +103,7 @@ def test_mqar_command_keeps_finished_rows_and_writes_the_table(tmp_path):
 def test_part_suffixes_swap_parts_in_and_unknown_ones_are_refused():
     model = build_recall_model("yoco-gret+diff+mhmoe", 64, 32, window=8).model
     assert model.config.attention_type == "differential" and model.config.ffn_type == "mhmoe"
-    with pytest.raises(ValueError, match="unknown part suffix"):
+    with pytest.raises(ValueError, match="unknown part .mamba."):
         build_recall_model("yoco-gret+mamba", 64, 32)
     with pytest.raises(ValueError, match="causal-LM kinds"):
         build_recall_model("swa-only+diff", 64, 32)

@@ -86,7 +86,7 @@ def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(corpus, tmp_pa
     [
         ({"optimizer.lrr": 1}, "unknown key optimizer.lrr"),
         ({"train.batch_size": '"big"'}, "train.batch_size must be int"),
-        ({"model.hidden": 3}, "unknown key model.hidden"),
+        ({"model.hidden": 3}, "model: hidden is not an option of yoco models"),
         ({"model.architecture": '"rnn"'}, "model.architecture"),
         ({"train.batch_size": 3, "train.grad_accum": 2}, "multiple of"),
         ({"data.sources": '[{path="/nonexistent/data"}]'}, "does not exist"),

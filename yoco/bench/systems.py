@@ -14,7 +14,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 import yoco
 from yoco.bench.flops import Shape
-from yoco.models import KINDS, build_causal_lm
+from yoco.models import KINDS, build
 
 SYSTEMS = ("yoco-swa", "yoco-gret", "transformer", "hf-llama")
 
@@ -32,7 +32,7 @@ def build_model(system: str, shape: Shape, dtype: torch.dtype, max_positions: in
     torch.manual_seed(0)
     if system in KINDS:
         options = dict(sliding_window=shape.sliding_window, gret_chunk_size=shape.gret_chunk_size)
-        model = build_causal_lm(system, options, **fields)
+        model = build(system, where_applicable=options, **fields)
     elif system == "hf-llama":
         ours = build_model("transformer", shape, torch.float32, max_positions)
         config = LlamaConfig(**fields, attn_implementation="sdpa")

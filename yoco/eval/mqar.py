@@ -14,7 +14,7 @@ import functools
 
 import torch
 
-from yoco.models import build_causal_lm
+from yoco.models import build
 
 IGNORE = -100
 
@@ -71,23 +71,6 @@ def recall_accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
 # Training small models from scratch on MQAR (`yoco eval mqar`, benchmarks/recall.py).
 
 MODELS = ("yoco-swa", "yoco-gret", "swa-only", "gret-only", "transformer")
-# Suffixes that swap a part into the causal-LM kinds, e.g. "yoco-swa+diff" (Diff-YOCO).
-VARIANTS = {
-    "diff": {"attention_type": "differential"},
-    "moe": {"ffn_type": "moe", "num_experts": 4, "num_experts_per_tok": 2},
-    "mhmoe": {"ffn_type": "mhmoe", "num_experts": 4, "num_experts_per_tok": 2, "mhmoe_heads": 2},
-    "nope": {"cross_decoder_positions": False},  # YOCO kinds only: a position-free cross-decoder
-}
-
-
-def split_kind(kind: str) -> tuple[str, dict]:
-    """Split a kind such as "yoco-swa+diff" into its base kind and the config fields of its
-    part suffixes."""
-    base, *variants = kind.split("+")
-    unknown = [v for v in variants if v not in VARIANTS]
-    if unknown:
-        raise ValueError(f"{kind}: unknown part suffix {unknown[0]!r}, choose from {sorted(VARIANTS)}")
-    return base, {key: value for variant in variants for key, value in VARIANTS[variant].items()}
 
 
 class MixerOnlyLM(torch.nn.Module):
@@ -141,7 +124,7 @@ def build_recall_model(
     window: int = 32,
     tie_embeddings: bool = True,
 ):
-    base, parts = split_kind(kind)
+    base, *parts = kind.split("+")  # part suffixes (yoco-swa+diff) as in yoco.models.registry
     if base in ("swa-only", "gret-only"):
         if parts:
             raise ValueError(f"{kind}: part suffixes apply to the causal-LM kinds only")
@@ -156,9 +139,8 @@ def build_recall_model(
         num_attention_heads=heads,
         max_position_embeddings=4096,
         tie_word_embeddings=tie_embeddings,
-        **parts,
     )
-    return _RecallWrapper(build_causal_lm(base, {"sliding_window": window}, **fields))
+    return _RecallWrapper(build(kind, where_applicable={"sliding_window": window}, **fields))
 
 
 class _RecallWrapper(torch.nn.Module):

@@ -16,9 +16,9 @@ import torch
 from huggingface_hub.errors import StrictDataclassError
 from tqdm import tqdm
 
-import yoco
 from yoco.layers.block import DecoderLayer
 from yoco.layers.moe import expert_statistics
+from yoco.models.registry import ARCHITECTURES, build_config, check_fields
 from yoco.tokenizer import load_tokenizer
 from yoco.train import checkpoint as ckpt
 from yoco.train import distributed
@@ -32,37 +32,33 @@ from yoco.train.config import (
 )
 from yoco.train.data import build_data, check_sizes
 
-ARCHITECTURES = {
-    "yoco": (yoco.YocoConfig, yoco.YocoForCausalLM),
-    "transformer": (yoco.TransformerConfig, yoco.TransformerForCausalLM),
-    "retnet": (yoco.RetNetConfig, yoco.RetNetForCausalLM),
-}
-
 
 class TrainingDiverged(RuntimeError):
     pass
 
 
 def build_model(model_fields: dict, vocab_size: int):
+    """The recipe's model: ``architecture`` (yoco, transformer, retnet) and its config fields."""
     fields = dict(model_fields)
     architecture = fields.pop("architecture", "yoco")
     if architecture not in ARCHITECTURES:
-        raise ConfigError(f"model.architecture must be one of {sorted(ARCHITECTURES)}, got {architecture!r}")
-    config_class, model_class = ARCHITECTURES[architecture]
-    known = {f.name for f in dataclasses.fields(config_class)}
-    unknown = sorted(set(fields) - known)
-    if unknown:
-        raise ConfigError(f"unknown key model.{unknown[0]} for architecture {architecture!r}")
+        raise ConfigError(
+            f"model.architecture must be one of {', '.join(ARCHITECTURES)}, got {architecture!r}"
+        )
+    try:
+        check_fields(architecture, fields)
+    except ValueError as error:
+        raise ConfigError(f"model: {error}") from error
     fields.setdefault("vocab_size", vocab_size)
     if fields["vocab_size"] < vocab_size:
         raise ConfigError(
             f"model.vocab_size {fields['vocab_size']} is smaller than the tokenizer's {vocab_size}"
         )
     try:
-        config = config_class(**fields)
+        config = build_config(architecture, **fields)
     except StrictDataclassError as error:
         raise ConfigError(f"model: {error}") from error
-    return model_class(config)
+    return ARCHITECTURES[architecture][1](config)
 
 
 def native_bf16(device: torch.device) -> bool:

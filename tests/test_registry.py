@@ -1,0 +1,83 @@
+"""One table names every model: each kind with each part builds and runs; options that do not
+belong to a kind are refused by name."""
+
+import itertools
+import re
+
+import pytest
+import torch
+
+from tests.conftest import TINY
+from yoco.models import KINDS, PARTS, PRESETS, build, resolve
+from yoco.models.registry import config_fields
+
+
+def applicable(kind: str, parts: tuple[str, ...]) -> bool:
+    architecture, _ = resolve(kind)
+    fields = {k for p in parts for k in PARTS[p]}
+    clashing = {"moe", "mhmoe"} <= set(parts)  # both set ffn_type
+    unsupported = kind == "yoco-dilated" and "diff" in parts  # refused by YocoConfig, tested below
+    return fields <= config_fields(architecture) and not clashing and not unsupported
+
+
+COMBINATIONS = [
+    (kind, parts)
+    for kind in KINDS
+    for n in (0, 1, 2)
+    for parts in itertools.combinations(PARTS, n)
+    if applicable(kind, parts)
+]
+
+
+@pytest.mark.parametrize(
+    "kind, parts", COMBINATIONS, ids=lambda v: "+".join(v) if isinstance(v, tuple) else v
+)
+def test_every_kind_and_part_combination_builds_and_runs(kind, parts):
+    name = "+".join((kind, *parts))
+    torch.manual_seed(0)
+    model = build(name, where_applicable=dict(sliding_window=8, gret_chunk_size=16), **TINY).eval()
+    for part in parts:
+        for field, value in PARTS[part].items():
+            assert getattr(model.config, field) == value, (name, field)
+    ids = torch.randint(0, TINY["vocab_size"], (2, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logits = model(ids).logits
+    assert logits.shape == (2, 12, TINY["vocab_size"]) and bool(logits.isfinite().all())
+
+
+def test_every_kind_is_combined_with_every_part_that_applies_to_it():
+    built = {(kind, parts) for kind, parts in COMBINATIONS if len(parts) == 1}
+    for kind in KINDS:
+        for part in PARTS:
+            expected = (part != "nope" or kind.startswith("yoco-")) and (kind, part) != (
+                "yoco-dilated",
+                "diff",
+            )
+            assert ((kind, (part,)) in built) == expected, (kind, part)
+
+
+@pytest.mark.parametrize(
+    "name, fields, message",
+    [
+        ("transformer", {"sliding_window": 8}, "sliding_window is not an option of transformer models"),
+        ("retnet", {"gret_chunk_size": 8}, "gret_chunk_size is not an option of retnet models"),
+        ("transformer+nope", {}, "cross_decoder_positions is not an option of transformer+nope"),
+        ("yoco-swa", {"retention_chunk_size": 8}, "retention_chunk_size is not an option of yoco-swa"),
+        ("yoco-swa", {"self_decoder": "gret"}, "contradicts the model name"),
+        ("yoco-swaa", {}, "unknown model kind 'yoco-swaa'"),
+        ("yoco-swa+difff", {}, "unknown part 'difff'"),
+        ("yoco-dilated+diff", {}, "self_decoder 'dilated' needs attention_type 'softmax'"),
+    ],
+)
+def test_an_option_that_does_not_belong_is_refused_by_name(name, fields, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        build(name, **TINY, **fields)
+
+
+def test_presets_and_where_applicable_fields():
+    model = build("transformer", "tiny", where_applicable={"sliding_window": 64})
+    assert model.config.hidden_size == PRESETS["tiny"]["hidden_size"]
+    assert "sliding_window" not in model.config.to_dict()
+    assert build("yoco-swa", "tiny", where_applicable={"sliding_window": 64}).config.sliding_window == 64
+    with pytest.raises(ValueError, match="unknown preset"):
+        build("yoco-swa", "huge")
