@@ -221,7 +221,8 @@ class CausalLM(MakesOwnCache, DecoderPreTrainedModel, GenerationMixin):
         hidden = self.model(inputs_embeds, position_ids, cache, keep_last=keep_last)
         logits = self.lm_head(hidden if indices is None else hidden[:, indices])
         loss = causal_lm_loss(logits, labels) if labels is not None else None
-        aux_loss = moe_aux_loss(self)  # None without mixture-of-experts layers
+        # A dense model skips the walk over its modules: this runs on every decoding step.
+        aux_loss = moe_aux_loss(self) if self.config.ffn_type != "swiglu" else None
         return MoeCausalLMOutputWithPast(loss=loss, aux_loss=aux_loss, logits=logits, cache=cache)
 
 

@@ -92,9 +92,10 @@ def check_fields(architecture: str, fields: dict, name: str | None = None) -> No
         raise ValueError(f"{unknown[0]} is not an option of {name or architecture} models")
 
 
-def build_config(architecture: str, **fields):
-    """The config of ``architecture`` with ``fields``, every one checked to belong to it."""
-    check_fields(architecture, fields)
+def build_config(architecture: str, fields: dict, name: str | None = None):
+    """The config of ``architecture`` with ``fields``, every one checked to belong to it
+    (errors name the model as ``name`` when given)."""
+    check_fields(architecture, fields, name)
     return ARCHITECTURES[architecture][0](**fields)
 
 
@@ -112,6 +113,4 @@ def build(name: str, preset: str | None = None, where_applicable: dict | None = 
     clash = sorted(k for k in set(named) & set(fields) if named[k] != fields[k])
     if clash:
         raise ValueError(f"{clash[0]}={fields[clash[0]]!r} contradicts the model name {name!r}")
-    check_fields(architecture, fields, name)
-    config = build_config(architecture, **named, **{k: v for k, v in fields.items() if k not in named})
-    return ARCHITECTURES[architecture][1](config)
+    return ARCHITECTURES[architecture][1](build_config(architecture, {**fields, **named}, name))

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from yoco.layers.block import DecoderLayer
 from yoco.layers.moe import expert_statistics
-from yoco.models.registry import ARCHITECTURES, build_config, check_fields
+from yoco.models.registry import ARCHITECTURES, build_config
 from yoco.tokenizer import load_tokenizer
 from yoco.train import checkpoint as ckpt
 from yoco.train import distributed
@@ -45,18 +45,14 @@ def build_model(model_fields: dict, vocab_size: int):
         raise ConfigError(
             f"model.architecture must be one of {', '.join(ARCHITECTURES)}, got {architecture!r}"
         )
-    try:
-        check_fields(architecture, fields)
-    except ValueError as error:
-        raise ConfigError(f"model: {error}") from error
     fields.setdefault("vocab_size", vocab_size)
     if fields["vocab_size"] < vocab_size:
         raise ConfigError(
             f"model.vocab_size {fields['vocab_size']} is smaller than the tokenizer's {vocab_size}"
         )
     try:
-        config = build_config(architecture, **fields)
-    except StrictDataclassError as error:
+        config = build_config(architecture, fields)  # refuses a field the architecture lacks
+    except (ValueError, StrictDataclassError) as error:
         raise ConfigError(f"model: {error}") from error
     return ARCHITECTURES[architecture][1](config)
 
