@@ -16,7 +16,11 @@ def applicable(kind: str, parts: tuple[str, ...]) -> bool:
     architecture, _ = resolve(kind)
     fields = {k for p in parts for k in PARTS[p]}
     clashing = {"moe", "mhmoe"} <= set(parts)  # both set ffn_type
-    unsupported = kind == "yoco-dilated" and "diff" in parts  # refused by YocoConfig, tested below
+    # Refused by YocoConfig, tested below: differential dilated attention; and on the controls
+    # without a cross-decoder, a position-free cross-decoder or a differential one (gret-only).
+    unsupported = (kind in ("yoco-dilated", "gret-only") and "diff" in parts) or (
+        kind.endswith("-only") and "nope" in parts
+    )
     return fields <= config_fields(architecture) and not clashing and not unsupported
 
 
@@ -49,10 +53,8 @@ def test_every_kind_is_combined_with_every_part_that_applies_to_it():
     built = {(kind, parts) for kind, parts in COMBINATIONS if len(parts) == 1}
     for kind in KINDS:
         for part in PARTS:
-            expected = (part != "nope" or kind.startswith("yoco-")) and (kind, part) != (
-                "yoco-dilated",
-                "diff",
-            )
+            refused = {("yoco-dilated", "diff"), ("gret-only", "diff"), ("swa-only", "nope"), ("gret-only", "nope")}
+            expected = (part != "nope" or kind.startswith("yoco-")) and (kind, part) not in refused
             assert ((kind, (part,)) in built) == expected, (kind, part)
 
 
@@ -67,6 +69,9 @@ def test_every_kind_is_combined_with_every_part_that_applies_to_it():
         ("yoco-swaa", {}, "unknown model kind 'yoco-swaa'"),
         ("yoco-swa+difff", {}, "unknown part 'difff'"),
         ("yoco-dilated+diff", {}, "self_decoder 'dilated' needs attention_type 'softmax'"),
+        ("swa-only+nope", {}, "cross_decoder_positions=False needs a cross-decoder"),
+        ("gret-only+diff", {}, "a 'gret' self-decoder without a cross-decoder has none"),
+        ("swa-only", {"num_self_decoder_layers": 2}, "num_self_decoder_layers must be 4, got 2"),
     ],
 )
 def test_an_option_that_does_not_belong_is_refused_by_name(name, fields, message):
@@ -81,3 +86,20 @@ def test_presets_and_where_applicable_fields():
     assert build("yoco-swa", "tiny", where_applicable={"sliding_window": 64}).config.sliding_window == 64
     with pytest.raises(ValueError, match="unknown preset"):
         build("yoco-swa", "huge")
+
+
+@pytest.mark.parametrize("kind", ["swa-only", "gret-only"])
+def test_the_controls_have_no_global_cache_and_decode_as_they_recompute(kind):
+    from tests.test_inference import greedy_by_full_forward, prompt_of
+    from yoco import generate
+
+    torch.manual_seed(0)
+    model = build(kind, where_applicable=dict(sliding_window=8, gret_chunk_size=16), **TINY).eval()
+    body = model.model
+    assert body.shared_kv is None and len(body.cross_decoder) == 0
+    assert len(body.self_decoder) == TINY["num_hidden_layers"]
+    cache = model.new_cache(1, 64)
+    assert cache.shared_kv is None and len(cache.stores()) == TINY["num_hidden_layers"]
+    prompts = [prompt_of(21, seed=1), prompt_of(5, seed=2)]
+    expected = [greedy_by_full_forward(model, p, 6) for p in prompts]
+    assert generate(model, prompts, 6, prefill_chunk_size=4) == expected

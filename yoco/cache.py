@@ -204,8 +204,11 @@ class ModelCache(Cache):
 
     is_compileable = False
 
-    def __init__(self):
+    def __init__(self, dtype: torch.dtype):
         super().__init__(layers=[])
+        # The dtype the model runs in, which every step must match (recurrent states are
+        # float32 whatever it is, so it cannot be read off the stores).
+        self.model_dtype = dtype
 
     def stores(self) -> list:
         raise NotImplementedError
@@ -216,7 +219,7 @@ class ModelCache(Cache):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.stores()[-1].keys.dtype
+        return self.model_dtype
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return max(self.lengths)
@@ -248,8 +251,8 @@ class ModelCache(Cache):
 
 
 class TransformerCache(ModelCache):
-    def __init__(self, layers: list[GrowingKV]):
-        super().__init__()
+    def __init__(self, layers: list[GrowingKV], dtype: torch.dtype):
+        super().__init__(dtype)
         self.kv = layers
 
     def stores(self) -> list:
@@ -262,9 +265,8 @@ class TransformerCache(ModelCache):
 
     @classmethod
     def stack(cls, caches: list["TransformerCache"]) -> "TransformerCache":
-        return cls(
-            [GrowingKV.stack(list(per_layer)) for per_layer in zip(*(c.kv for c in caches), strict=True)]
-        )
+        per_layer = zip(*(c.kv for c in caches), strict=True)
+        return cls([GrowingKV.stack(list(stores)) for stores in per_layer], caches[0].model_dtype)
 
 
 def refuse_rollback(tokens_to_remove: int) -> None:
@@ -278,19 +280,14 @@ def refuse_rollback(tokens_to_remove: int) -> None:
 
 
 class RecurrentCache(ModelCache):
-    """One RecurrentState per layer (RetNet). The states are float32 whatever the model
-    runs, so the model's dtype is recorded for ``check_step``."""
+    """One RecurrentState per layer (RetNet)."""
 
     def __init__(self, states: list[RecurrentState], dtype: torch.dtype):
-        super().__init__()
-        self.states, self.model_dtype = states, dtype
+        super().__init__(dtype)
+        self.states = states
 
     def stores(self) -> list:
         return self.states
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.model_dtype
 
     def crop(self, tokens_to_remove: int) -> None:
         refuse_rollback(tokens_to_remove)
@@ -302,15 +299,17 @@ class RecurrentCache(ModelCache):
 
 
 class YocoCache(ModelCache):
-    def __init__(self, self_decoder: list, shared_kv: GrowingKV):
-        super().__init__()
+    def __init__(self, self_decoder: list, shared_kv: GrowingKV | None, dtype: torch.dtype):
+        super().__init__(dtype)
         # One store per self-decoder layer: WindowKV (SWA), RecurrentState (gRet, retention) or
         # GrowingKV (dilated attention).
         self.self_decoder = self_decoder
-        self.shared_kv = shared_kv  # the one global cache every cross-decoder layer reads
+        # The one global cache every cross-decoder layer reads (None in a model without a
+        # cross-decoder, YocoConfig.cross_decoder=False).
+        self.shared_kv = shared_kv
 
     def stores(self) -> list:
-        return [*self.self_decoder, self.shared_kv]
+        return [*self.self_decoder, *([self.shared_kv] if self.shared_kv is not None else [])]
 
     def crop(self, tokens_to_remove: int) -> None:
         refuse_rollback(tokens_to_remove)
@@ -321,7 +320,9 @@ class YocoCache(ModelCache):
     @classmethod
     def stack(cls, caches: list["YocoCache"]) -> "YocoCache":
         per_layer = zip(*(c.self_decoder for c in caches), strict=True)
+        shared = [c.shared_kv for c in caches]
         return cls(
             [type(stores[0]).stack(list(stores)) for stores in per_layer],
-            GrowingKV.stack([c.shared_kv for c in caches]),
+            GrowingKV.stack(shared) if shared[0] is not None else None,
+            caches[0].model_dtype,
         )

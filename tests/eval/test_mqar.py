@@ -68,7 +68,7 @@ def test_recall_accuracy_counts_query_positions_only():
 def test_every_recall_model_builds_and_a_transformer_learns_a_little():
     for kind in ("yoco-swa", "yoco-gret", "swa-only", "gret-only", "transformer", "yoco-swa+diff+mhmoe"):
         model = build_recall_model(kind, 64, 32, window=8)
-        assert model.hidden_states(torch.randint(0, 64, (2, 24))).shape == (2, 24, 32)
+        assert model(torch.randint(0, 64, (2, 24))).logits.shape == (2, 24, 64)
     result = train_recall(
         "transformer", 32, 2, 32, vocab_size=32, steps=150, batch_size=32, lr=3e-3, progress=False
     )
@@ -80,7 +80,7 @@ def test_query_logits_are_the_full_models_logits_at_the_queries():
     inputs, targets = mqar_batch(3, 64, 4, vocab_size=64, generator=torch.Generator().manual_seed(2))
     model = build_recall_model("yoco-gret", 64, 32, window=8)
     logits, answers = query_logits(model, inputs, targets)
-    full = model.model(inputs).logits
+    full = model(inputs).logits
     asked = targets != IGNORE
     torch.testing.assert_close(logits, full[asked], rtol=1e-5, atol=1e-5)
     assert torch.equal(answers, targets[asked]) and len(answers) == 3 * 4
@@ -101,9 +101,10 @@ def test_mqar_command_keeps_finished_rows_and_writes_the_table(tmp_path):
 
 
 def test_part_suffixes_swap_parts_in_and_unknown_ones_are_refused():
-    model = build_recall_model("yoco-gret+diff+mhmoe", 64, 32, window=8).model
+    model = build_recall_model("yoco-gret+diff+mhmoe", 64, 32, window=8)
     assert model.config.attention_type == "differential" and model.config.ffn_type == "mhmoe"
+    assert build_recall_model("swa-only+diff", 64, 32).config.attention_type == "differential"
     with pytest.raises(ValueError, match="unknown part .mamba."):
         build_recall_model("yoco-gret+mamba", 64, 32)
-    with pytest.raises(ValueError, match="causal-LM kinds"):
-        build_recall_model("swa-only+diff", 64, 32)
+    with pytest.raises(ValueError, match="needs a cross-decoder"):
+        build_recall_model("swa-only+nope", 64, 32)

@@ -73,50 +73,8 @@ def recall_accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
 MODELS = ("yoco-swa", "yoco-gret", "swa-only", "gret-only", "transformer")
 
 
-class MixerOnlyLM(torch.nn.Module):
-    """Embedding, ``layers`` blocks that all use one self-decoder mixer, norm, head: the
-    "every layer is the self-decoder mixer" baseline (SWA-only or gRet-only)."""
-
-    def __init__(
-        self, mixer: str, vocab_size: int, hidden: int, layers: int, heads: int, window: int, tie: bool
-    ):
-        super().__init__()
-        from yoco.layers.attention import SelfAttention
-        from yoco.layers.block import DecoderLayer
-        from yoco.layers.gated_retention import GatedRetention
-        from yoco.layers.mlp import SwiGLU
-        from yoco.layers.norm import RMSNorm
-        from yoco.layers.rotary import RotaryEmbedding
-
-        def make():
-            if mixer == "swa":
-                return SelfAttention(hidden, heads, heads, window=window)
-            return GatedRetention(hidden, heads)
-
-        self.embed_tokens = torch.nn.Embedding(vocab_size, hidden)
-        self.rotary = RotaryEmbedding(hidden // heads)
-        self.layers = torch.nn.ModuleList(
-            DecoderLayer(make(), SwiGLU(hidden, 4 * hidden), hidden, 1e-6) for _ in range(layers)
-        )
-        self.norm = RMSNorm(hidden)
-        self.lm_head = torch.nn.Linear(hidden, vocab_size, bias=False)
-        for module in self.modules():
-            if isinstance(module, torch.nn.Linear | torch.nn.Embedding):
-                torch.nn.init.normal_(module.weight, std=0.02)
-        if tie:
-            self.lm_head.weight = self.embed_tokens.weight
-
-    def hidden_states(self, input_ids):
-        x = self.embed_tokens(input_ids)
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
-        rope = self.rotary(positions, x.dtype)
-        for layer in self.layers:
-            x = layer(x, rope=rope)
-        return self.norm(x)
-
-
 def build_recall_model(
-    kind: str,
+    name: str,
     vocab_size: int,
     hidden: int,
     layers: int = 2,
@@ -124,14 +82,11 @@ def build_recall_model(
     window: int = 32,
     tie_embeddings: bool = True,
 ):
-    base, *parts = kind.split("+")  # part suffixes (yoco-swa+diff) as in yoco.models.registry
-    if base in ("swa-only", "gret-only"):
-        if parts:
-            raise ValueError(f"{kind}: part suffixes apply to the causal-LM kinds only")
-        return MixerOnlyLM(
-            base.removesuffix("-only"), vocab_size, hidden, layers, heads, window, tie_embeddings
-        )
-    fields = dict(
+    """A registry model (``yoco.models.registry``: a kind such as ``yoco-swa`` or the control
+    ``swa-only``, with any part suffixes) in the recall ablations' shape."""
+    return build(
+        name,
+        where_applicable={"sliding_window": window},
         vocab_size=vocab_size,
         hidden_size=hidden,
         intermediate_size=4 * hidden,
@@ -140,26 +95,16 @@ def build_recall_model(
         max_position_embeddings=4096,
         tie_word_embeddings=tie_embeddings,
     )
-    return _RecallWrapper(build(kind, where_applicable={"sliding_window": window}, **fields))
-
-
-class _RecallWrapper(torch.nn.Module):
-    """A causal LM seen through the same two parts as MixerOnlyLM: hidden states, lm_head."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model, self.lm_head = model, model.lm_head
-
-    def hidden_states(self, input_ids):
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
-        return self.model.model(self.model.model.embed_tokens(input_ids), positions)
 
 
 def query_logits(model, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and targets at the query positions only: the loss counts nothing else, and the
-    8192-way head over every position would cost more than the whole model."""
+    """Logits and targets at the query positions only. The model computes logits only at the
+    positions where some row asks a query (``logits_to_keep``): the 8192-way head over every
+    position would cost more than the whole model."""
     asked = targets != IGNORE
-    return model.lm_head(model.hidden_states(inputs)[asked]), targets[asked]
+    keep = asked.any(0).nonzero().flatten()
+    logits = model(inputs, logits_to_keep=keep).logits
+    return logits[asked[:, keep]], targets[:, keep][asked[:, keep]]
 
 
 def train_recall(

@@ -3,7 +3,8 @@
 A model name is a *kind*, optionally followed by *part* suffixes joined with ``+``:
 
 * kinds: ``transformer``, ``yoco-swa``, ``yoco-gret``, ``yoco-retention``, ``yoco-dilated``,
-  ``retnet``; each is an *architecture* (the config and model classes) plus fixed fields;
+  ``retnet``, and the controls ``swa-only`` / ``gret-only`` (a YOCO without its cross-decoder:
+  the self-decoder mixer in every layer); each is an *architecture* (the config and model classes) plus fixed fields;
 * parts: ``diff`` (differential attention), ``moe`` / ``mhmoe`` (mixture of experts),
   ``nope`` (a position-free cross-decoder, YOCO only), ``xpos``, ``bitnet``; each is a set of
   config fields. ``yoco-swa+diff`` is Diff-YOCO with SWA.
@@ -29,6 +30,9 @@ KINDS = {
     "transformer": ("transformer", {}),
     **{f"yoco-{name}": ("yoco", {"self_decoder": name}) for name in SELF_DECODERS},
     "retnet": ("retnet", {}),
+    # Controls for recall: the self-decoder's mixer in every layer, no global cache.
+    "swa-only": ("yoco", {"self_decoder": "swa", "cross_decoder": False}),
+    "gret-only": ("yoco", {"self_decoder": "gret", "cross_decoder": False}),
 }
 PARTS = {
     "diff": {"attention_type": "differential"},

@@ -34,7 +34,7 @@ class TransformerModel(DecoderBackbone):
     def new_cache(self, batch_size: int, capacity: int, dtype, device) -> TransformerCache:
         kv_heads, kv_dim = kv_cache_shape(self.config)  # differential attention packs K/V in pairs
         return TransformerCache(
-            [GrowingKV(batch_size, kv_heads, kv_dim, dtype, device, capacity) for _ in self.layers]
+            [GrowingKV(batch_size, kv_heads, kv_dim, dtype, device, capacity) for _ in self.layers], dtype
         )
 
 

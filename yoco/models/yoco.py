@@ -51,10 +51,15 @@ class YocoConfig(DecoderConfig):
     # or the cross queries, so looking a token up by content works the same at every distance,
     # including distances never seen in training. The self-decoder keeps its positions.
     cross_decoder_positions: bool = True
+    # False: no shared K/V and no cross-decoder; every layer is a self-decoder layer. These are
+    # the controls of the recall ablations ("swa-only", "gret-only" in yoco.models.registry):
+    # the self-decoder mixer alone, with no global cache to look anything up in.
+    cross_decoder: bool = True
 
     def __post_init__(self, **kwargs):
         if self.num_self_decoder_layers is None:
-            self.num_self_decoder_layers = self.num_hidden_layers // 2
+            layers = self.num_hidden_layers
+            self.num_self_decoder_layers = layers // 2 if self.cross_decoder else layers
         super().__post_init__(**kwargs)
 
     def check(self) -> None:
@@ -63,7 +68,20 @@ class YocoConfig(DecoderConfig):
             raise ValueError(f"self_decoder must be one of {SELF_DECODERS}, got {self.self_decoder!r}")
         if self.sliding_window < 1:
             raise ValueError(f"sliding_window must be >= 1, got {self.sliding_window}")
-        if not 1 <= self.num_self_decoder_layers <= self.num_hidden_layers - 1:
+        if not self.cross_decoder:
+            if self.num_self_decoder_layers != self.num_hidden_layers:
+                raise ValueError(
+                    f"without a cross-decoder every layer is a self-decoder layer: "
+                    f"num_self_decoder_layers must be {self.num_hidden_layers}, got {self.num_self_decoder_layers}"
+                )
+            if not self.cross_decoder_positions:
+                raise ValueError("cross_decoder_positions=False needs a cross-decoder (cross_decoder=True)")
+            if self.attention_type == "differential" and self.self_decoder != "swa":
+                raise ValueError(
+                    f"attention_type 'differential' changes only the attention layers, and a "
+                    f"{self.self_decoder!r} self-decoder without a cross-decoder has none"
+                )
+        elif not 1 <= self.num_self_decoder_layers <= self.num_hidden_layers - 1:
             raise ValueError(
                 f"num_self_decoder_layers must be in 1..num_hidden_layers-1 "
                 f"(1..{self.num_hidden_layers - 1}), got {self.num_self_decoder_layers}"
@@ -113,8 +131,10 @@ class YocoModel(DecoderBackbone):
             self.self_decoder.append(DecoderLayer(mixer, make_mlp(config), mixer_name=name, **block))
         # Differential cross-attention ("Diff-YOCO") reads the same projections packed in pairs.
         shared_kv = DiffSharedKV if config.attention_type == "differential" else SharedKV
-        self.shared_kv = shared_kv(
-            config.hidden_size, config.num_key_value_heads, config.head_dim, config.rms_norm_eps
+        self.shared_kv = (
+            shared_kv(config.hidden_size, config.num_key_value_heads, config.head_dim, config.rms_norm_eps)
+            if config.cross_decoder
+            else None
         )
         self.cross_decoder = nn.ModuleList(
             DecoderLayer(
@@ -129,6 +149,8 @@ class YocoModel(DecoderBackbone):
     def body(self, x, rope, cache: YocoCache | None = None, keep_last: int | None = None):
         for i, layer in enumerate(self.self_decoder):
             x = layer(x, rope=rope, cache=None if cache is None else cache.self_decoder[i])
+        if self.shared_kv is None:  # a self-decoder-only control model
+            return last_positions(x, keep_last)
         cross_rope = rope if self.config.cross_decoder_positions else NO_POSITIONS
         keys, values = self.shared_kv(x, cross_rope)  # computed once, read by every cross layer
         key_mask = None
@@ -170,8 +192,8 @@ class YocoModel(DecoderBackbone):
                 RecurrentState(batch_size, config.num_attention_heads, config.head_dim, device)
                 for _ in self.self_decoder
             ]
-        shared = GrowingKV(batch_size, kv_heads, kv_dim, dtype, device, capacity)
-        return YocoCache(states, shared)
+        shared = GrowingKV(batch_size, kv_heads, kv_dim, dtype, device, capacity) if config.cross_decoder else None
+        return YocoCache(states, shared, dtype)
 
 
 class YocoForCausalLM(CausalLM):
