@@ -60,8 +60,7 @@ def bpe_run(tmp_path):
     recipe.write_text(
         f"""
 [model]
-architecture = "yoco"
-self_decoder = "gret"
+name = "yoco-gret"
 hidden_size = 32
 intermediate_size = 64
 num_hidden_layers = 2

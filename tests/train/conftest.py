@@ -7,8 +7,7 @@ import pytest
 from yoco.train.config import load_config
 
 TINY_MODEL = dict(
-    architecture="yoco",
-    self_decoder="gret",
+    name="yoco-gret",
     hidden_size=32,
     intermediate_size=64,
     num_hidden_layers=2,

@@ -74,10 +74,19 @@ def test_lm_quality_matches_parameters_and_reports(tmp_path):
             str(tmp_path / "q"),
             "--benchmarks-md",
             str(doc),
+            "--systems",
+            "transformer",
+            "yoco-swa",
+            "yoco-gret",
+            "yoco-gret+mhmoe",
         ]
     )
     target = results["transformer"]["non_embedding_parameters"]
     for system in ("yoco-swa", "yoco-gret"):
         assert abs(results[system]["non_embedding_parameters"] - target) / target < 0.03
         assert results[system]["val_loss"] > 0
+    # MoE matches activated compute: the dense width split over the 2 experts a token uses.
+    dense_width = results["yoco-gret"]["intermediate_size"]
+    assert abs(results["yoco-gret+mhmoe"]["intermediate_size"] - dense_width / 2) <= 4
+    assert "YOCO-gRet + MH-MoE" in doc.read_text()
     assert "YOCO-gRet" in doc.read_text() and (tmp_path / "bench" / "lm_quality.png").exists()

@@ -86,8 +86,10 @@ def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(corpus, tmp_pa
     [
         ({"optimizer.lrr": 1}, "unknown key optimizer.lrr"),
         ({"train.batch_size": '"big"'}, "train.batch_size must be int"),
-        ({"model.hidden": 3}, "model: hidden is not an option of yoco models"),
-        ({"model.architecture": '"rnn"'}, "model.architecture"),
+        ({"model.hidden": 3}, "model: hidden is not an option of yoco-gret models"),
+        ({"model.architecture": '"yoco"'}, "model.architecture is not a recipe key: name the model"),
+        ({"model.name": '"rnn"'}, "unknown model kind 'rnn'"),
+        ({"model.retention_chunk_size": 8}, "retention_chunk_size is not an option of yoco-gret models"),
         ({"train.batch_size": 3, "train.grad_accum": 2}, "multiple of"),
         ({"data.sources": '[{path="/nonexistent/data"}]'}, "does not exist"),
         ({"train.max_steps": 0}, "train.max_steps must be >= 1, got 0"),
@@ -246,8 +248,7 @@ def _to_toml(tree: dict) -> str:
 
 def test_a_retnet_trains_and_its_checkpoint_loads(corpus, tmp_path):
     config = tiny_config(corpus, **{"train.max_steps": 4})
-    del config.model["self_decoder"]  # a YOCO field
-    config.model["architecture"] = "retnet"
+    config.model["name"] = "retnet"
     train(config, tmp_path / "run", show_progress=False)
     model = AutoModelForCausalLM.from_pretrained(ckpt.latest_checkpoint(tmp_path / "run" / "checkpoints"))
     assert type(model).__name__ == "RetNetForCausalLM"

@@ -18,24 +18,18 @@ from pathlib import Path
 
 from yoco.bench.environment import describe, environment
 from yoco.bench.report import update_section
+from yoco.models.registry import resolve
 from yoco.train.config import load_config
 from yoco.train.loop import build_model, train
 from yoco.train.plot import plot_run, read_metrics
 
-MOE = {"ffn_type": "mhmoe", "num_experts": 4, "num_experts_per_tok": 2, "mhmoe_heads": 2}
-SYSTEMS = {
-    "transformer": {"architecture": "transformer"},
-    "yoco-swa": {"architecture": "yoco", "self_decoder": "swa"},
-    "yoco-gret": {"architecture": "yoco", "self_decoder": "gret"},
-    "diff-yoco-swa": {"architecture": "yoco", "self_decoder": "swa", "attention_type": "differential"},
-    "yoco-gret-mhmoe": {"architecture": "yoco", "self_decoder": "gret", **MOE},
-}
+# Registry names (yoco.models.registry) and how the table labels them.
 LABELS = {
     "transformer": "Transformer",
     "yoco-swa": "YOCO-SWA",
     "yoco-gret": "YOCO-gRet",
-    "diff-yoco-swa": "Diff-YOCO-SWA",
-    "yoco-gret-mhmoe": "YOCO-gRet + MH-MoE",
+    "yoco-swa+diff": "Diff-YOCO-SWA",
+    "yoco-gret+mhmoe": "YOCO-gRet + MH-MoE",
 }
 
 
@@ -64,7 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--systems", nargs="+", default=list(SYSTEMS)[:3], choices=list(SYSTEMS))
+    parser.add_argument("--systems", nargs="+", default=list(LABELS)[:3], choices=list(LABELS))
     parser.add_argument("--out", default="runs/lm_quality")
     parser.add_argument(
         "--benchmarks-md", help="write the results into this Markdown file's lm_quality section"
@@ -80,21 +74,22 @@ def main(argv: list[str] | None = None) -> dict:
     )
     vocab = 258
     target = non_embedding_parameters(
-        build_model({**SYSTEMS["transformer"], **shape, "intermediate_size": args.intermediate_size}, vocab)
+        build_model({"name": "transformer", **shape, "intermediate_size": args.intermediate_size}, vocab)
     )
     results, runs = {}, {}
     for system in args.systems:
-        fields = {**SYSTEMS[system], **shape}
-        if fields.get("self_decoder") == "swa":
+        fields = {"name": system, **shape}
+        _, named = resolve(system)
+        if named.get("self_decoder") == "swa":
             fields["sliding_window"] = args.window
         if system == "transformer":
             fields["intermediate_size"] = args.intermediate_size
-        elif "ffn_type" in fields:
+        elif named.get("ffn_type", "swiglu") != "swiglu":
             # Mixture of experts: equal *activated* FFN compute, not equal parameters: the
             # dense width matched as for the others, split over the k experts a token uses
             # (MH-MoE then applies its own parity sizing to this width).
-            dense = {k: v for k, v in fields.items() if k not in MOE}
-            width = matched_intermediate(dense, target, vocab) / fields["num_experts_per_tok"]
+            dense = {**fields, "name": "+".join(p for p in system.split("+") if p not in ("moe", "mhmoe"))}
+            width = matched_intermediate(dense, target, vocab) / named["num_experts_per_tok"]
             fields["intermediate_size"] = 8 * round(width / 8)
         else:
             fields["intermediate_size"] = matched_intermediate(fields, target, vocab)

@@ -103,11 +103,11 @@ def build_config(architecture: str, fields: dict, name: str | None = None):
     return ARCHITECTURES[architecture][0](**fields)
 
 
-def build(name: str, preset: str | None = None, where_applicable: dict | None = None, **fields):
-    """A freshly initialised model: ``name`` (kind and parts), then the ``preset`` shape, then
-    ``fields``, each overriding the one before. ``where_applicable`` holds fields given only to
-    the kinds whose config has them, for commands that compare kinds (a sliding window for the
-    SWA kinds, say); every other field must belong to the kind."""
+def model_config(name: str, preset: str | None = None, where_applicable: dict | None = None, **fields):
+    """The config :func:`build` initialises a model from: ``name`` (kind and parts), then the
+    ``preset`` shape, then ``fields``, each overriding the one before. ``where_applicable``
+    holds fields given only to the kinds whose config has them, for commands that compare kinds
+    (a sliding window for the SWA kinds, say); every other field must belong to the kind."""
     architecture, named = resolve(name)
     if preset is not None and preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
@@ -117,4 +117,17 @@ def build(name: str, preset: str | None = None, where_applicable: dict | None = 
     clash = sorted(k for k in set(named) & set(fields) if named[k] != fields[k])
     if clash:
         raise ValueError(f"{clash[0]}={fields[clash[0]]!r} contradicts the model name {name!r}")
-    return ARCHITECTURES[architecture][1](build_config(architecture, {**fields, **named}, name))
+    return build_config(architecture, {**fields, **named}, name)
+
+
+def model_from_config(config):
+    """A freshly initialised model of ``config``'s architecture."""
+    for config_class, model_class in ARCHITECTURES.values():
+        if type(config) is config_class:
+            return model_class(config)
+    raise ValueError(f"{type(config).__name__} is not a config of yoco models")
+
+
+def build(name: str, preset: str | None = None, where_applicable: dict | None = None, **fields):
+    """A freshly initialised model; the arguments are those of :func:`model_config`."""
+    return model_from_config(model_config(name, preset, where_applicable, **fields))

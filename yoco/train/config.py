@@ -2,8 +2,9 @@
 
 Every section is a dataclass; an unknown key or a value of the wrong type is an error naming
 ``section.key``. ``--set section.key=value`` overrides a value (parsed as TOML, else a string).
-The ``[model]`` section takes any field of ``YocoConfig`` / ``TransformerConfig`` /
-``RetNetConfig`` plus ``architecture`` (``yoco``, ``transformer`` or ``retnet``).
+The ``[model]`` section names the model as the registry does (``name = "yoco-swa+diff"``,
+optionally ``preset = "tiny"``; see ``yoco.models.registry``) and takes any field of that
+kind's config on top.
 """
 
 import dataclasses

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from yoco.layers.block import DecoderLayer
 from yoco.layers.moe import expert_statistics
-from yoco.models.registry import ARCHITECTURES, build_config
+from yoco.models.registry import model_config, model_from_config
 from yoco.tokenizer import load_tokenizer
 from yoco.train import checkpoint as ckpt
 from yoco.train import distributed
@@ -37,24 +37,30 @@ class TrainingDiverged(RuntimeError):
     pass
 
 
+DEFAULT_MODEL = "yoco-gret"  # a recipe's model when it names none
+
+
 def build_model(model_fields: dict, vocab_size: int):
-    """The recipe's model: ``architecture`` (yoco, transformer, retnet) and its config fields."""
+    """The recipe's model: its registry ``name`` (``yoco.models.registry``: ``yoco-gret``,
+    ``transformer``, ``yoco-swa+diff``, ...), an optional named ``preset`` shape, and config
+    fields on top."""
     fields = dict(model_fields)
-    architecture = fields.pop("architecture", "yoco")
-    if architecture not in ARCHITECTURES:
+    if "architecture" in fields:
         raise ConfigError(
-            f"model.architecture must be one of {', '.join(ARCHITECTURES)}, got {architecture!r}"
+            "model.architecture is not a recipe key: name the model instead, "
+            'e.g. name = "yoco-gret" (kinds and parts: yoco.models.registry)'
         )
+    name, preset = fields.pop("name", DEFAULT_MODEL), fields.pop("preset", None)
     fields.setdefault("vocab_size", vocab_size)
     if fields["vocab_size"] < vocab_size:
         raise ConfigError(
             f"model.vocab_size {fields['vocab_size']} is smaller than the tokenizer's {vocab_size}"
         )
     try:
-        config = build_config(architecture, fields)  # refuses a field the architecture lacks
+        config = model_config(name, preset, **fields)  # refuses a field the kind does not have
     except (ValueError, StrictDataclassError) as error:
         raise ConfigError(f"model: {error}") from error
-    return ARCHITECTURES[architecture][1](config)
+    return model_from_config(config)
 
 
 def native_bf16(device: torch.device) -> bool:
