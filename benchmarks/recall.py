@@ -7,7 +7,7 @@ docs/EVALUATION.md. Same options as `yoco eval mqar`; see docs/EVALUATION.md for
 
 import sys
 
-from yoco.eval.cli import main
+from yoco.eval.command import main
 
 if __name__ == "__main__":
     options = sys.argv[1:]

@@ -45,7 +45,7 @@ MUTANTS = [
         "yoco/layers/gated_retention.py",
         "GATE_LOGIT_NORMALIZER = 16.0",
         "GATE_LOGIT_NORMALIZER = 8.0",
-        ("tests/test_reference_model.py", "tests/test_gated_retention.py"),
+        ("tests/models/test_reference_model.py", "tests/ops/test_gated_retention.py"),
     ),
     Mutant(
         "gret-chunk-carry",
@@ -53,7 +53,7 @@ MUTANTS = [
         "yoco/ops/gated_retention.py",
         "chunk_decay = cum[..., -1].exp()[..., None, None]",
         "chunk_decay = cum[..., -2].exp()[..., None, None]",
-        ("tests/test_gated_retention.py",),
+        ("tests/ops/test_gated_retention.py",),
     ),
     Mutant(
         "swa-window-off-by-one",
@@ -61,7 +61,7 @@ MUTANTS = [
         "yoco/ops/sliding_window.py",
         "band = (c >= a) & (c <= a + window - 1)",
         "band = (c >= a) & (c <= a + window)",
-        ("tests/test_sliding_window.py",),
+        ("tests/ops/test_sliding_window.py",),
     ),
     Mutant(
         "causal-mask-excludes-self",
@@ -69,7 +69,7 @@ MUTANTS = [
         "yoco/ops/attention.py",
         "return k_pos[None, :] <= q_pos[:, None]",
         "return k_pos[None, :] < q_pos[:, None]",
-        ("tests/test_inference.py",),
+        ("tests/inference/test_inference.py",),
     ),
     Mutant(
         "xpos-sign",
@@ -77,7 +77,7 @@ MUTANTS = [
         "yoco/layers/rotary.py",
         "scale = torch.cat((zeta, zeta)) ** power",
         "scale = torch.cat((zeta, zeta)) ** -power",
-        ("tests/test_parts.py",),
+        ("tests/layers/test_parts.py",),
     ),
     Mutant(
         "cross-attention-scale",
@@ -85,7 +85,7 @@ MUTANTS = [
         "yoco/layers/cross_attention.py",
         "out = causal_attention(q, *shared_kv, key_mask)",
         "out = causal_attention(q, *shared_kv, key_mask, scale=1.0 / self.head_dim)",
-        ("tests/test_reference_model.py",),
+        ("tests/models/test_reference_model.py",),
     ),
     Mutant(
         "cross-queries-unrotated",
@@ -93,7 +93,7 @@ MUTANTS = [
         "yoco/layers/cross_attention.py",
         "q = rope.rotate_queries(q)",
         "q = q",
-        ("tests/test_reference_model.py",),
+        ("tests/models/test_reference_model.py",),
     ),
     Mutant(
         "shared-kv-unnormalised",
@@ -101,7 +101,7 @@ MUTANTS = [
         "yoco/layers/cross_attention.py",
         "h = self.norm(x)",
         "h = x",
-        ("tests/test_reference_model.py",),
+        ("tests/models/test_reference_model.py",),
     ),
     Mutant(
         "diff-lambda-init-layer",
@@ -109,7 +109,7 @@ MUTANTS = [
         "yoco/layers/differential_attention.py",
         "0.8 - 0.6 * math.exp(-0.3 * (layer - 1))",
         "0.8 - 0.6 * math.exp(-0.3 * layer)",
-        ("tests/test_differential_attention.py",),
+        ("tests/layers/test_differential_attention.py",),
     ),
     Mutant(
         "moe-no-renormalisation",
@@ -117,7 +117,7 @@ MUTANTS = [
         "yoco/layers/moe.py",
         "return probs, weights / weights.sum(dim=-1, keepdim=True), indices",
         "return probs, weights, indices",
-        ("tests/test_moe.py",),
+        ("tests/layers/test_moe.py",),
     ),
     Mutant(
         "bitnet-weight-scale-max",
@@ -125,7 +125,7 @@ MUTANTS = [
         "yoco/layers/bitlinear.py",
         "scale = w32.abs().mean()",
         "scale = w32.abs().max()",
-        ("tests/test_bitlinear.py",),
+        ("tests/layers/test_bitlinear.py",),
     ),
     Mutant(
         "loss-unshifted-labels",
@@ -133,7 +133,7 @@ MUTANTS = [
         "yoco/models/base.py",
         "F.cross_entropy(shifted, labels[:, 1:].reshape(-1), ignore_index=-100)",
         "F.cross_entropy(shifted, labels[:, :-1].reshape(-1), ignore_index=-100)",
-        ("tests/test_models.py",),
+        ("tests/models/test_models.py",),
     ),
     Mutant(
         "cache-rows-misaligned",
@@ -141,7 +141,7 @@ MUTANTS = [
         "yoco/cache.py",
         "            row += rows\n        out.lengths = [n for s in stores for n in s.lengths]",
         "            row += rows\n        out.lengths = [n for s in stores for n in s.lengths][::-1]",
-        ("tests/test_inference.py",),
+        ("tests/inference/test_inference.py",),
     ),
     Mutant(
         "window-cache-drops-a-key",
@@ -149,7 +149,7 @@ MUTANTS = [
         "yoco/cache.py",
         "held = min(length, self.window - 1)",
         "held = min(length, self.window - 2)",
-        ("tests/test_inference.py",),
+        ("tests/inference/test_inference.py",),
     ),
     Mutant(
         "temperature-inverted",
@@ -157,7 +157,7 @@ MUTANTS = [
         "yoco/inference/sampling.py",
         "scores = logits.float() / temperature",
         "scores = logits.float() * temperature",
-        ("tests/test_inference.py",),
+        ("tests/inference/test_inference.py",),
     ),
     Mutant(
         "top-p-nucleus-one-short",
@@ -165,7 +165,7 @@ MUTANTS = [
         "yoco/inference/sampling.py",
         "drop_sorted = cumulative - sorted_scores.softmax(dim=-1) >= top_p",
         "drop_sorted = cumulative >= top_p",
-        ("tests/test_inference.py",),
+        ("tests/inference/test_inference.py",),
     ),
     Mutant(
         "resume-forgets-data-position",

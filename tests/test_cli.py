@@ -10,9 +10,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import yoco
-from tests.conftest import tiny_model
+from tests.helpers import tiny_model
 from yoco.cli import main
-from yoco.generate_cli import StdoutStreamer
+from yoco.inference.command import StdoutStreamer
 from yoco.models.pretrained import load_pretrained
 from yoco.tokenizer import BYTE_VOCAB_SIZE, byte_tokenizer, train_bpe
 
@@ -134,7 +134,7 @@ def test_unknown_command_exits():
 
 
 def test_demo_prints_the_comparison(capsys):
-    main(["demo", "--tokens", "300", "--window", "64"])
+    main(["compare", "--tokens", "300", "--window", "64"])
     out = capsys.readouterr().out
     for name in ("YOCO-gRet", "YOCO-SWA", "Transformer"):
         assert name in out

@@ -5,18 +5,26 @@ fit the run it resumes) ends the command with one line naming the problem and ex
 ``--debug`` anywhere on the command line, or ``YOCO_DEBUG=1``, shows the full traceback instead.
 """
 
+import importlib
 import os
 import sys
 
+# name: ("module:function", summary). Modules are imported only when their command runs.
 COMMANDS = {
-    "quickstart": ("yoco.quickstart", "train a tiny YOCO, generate with it, profile it (make demo)"),
-    "demo": ("yoco.demo", "compare untrained YOCO and Transformer models of the same shape"),
-    "generate": ("yoco.generate_cli", "stream a completion from a model"),
-    "train": ("yoco.train.cli", "train a model from a TOML recipe"),
-    "plot": ("yoco.train.plot", "draw the loss curve of a training run"),
-    "tokenizer": ("yoco.tokenizer_cli", "train a BPE tokenizer: yoco tokenizer train ..."),
-    "eval": ("yoco.eval.cli", "perplexity, needle in a haystack, MQAR recall"),
-    "bench": ("yoco.bench.profile", "profile prefill, memory and decode against a Transformer and HF Llama"),
+    "quickstart": (
+        "yoco.demo.quickstart:main",
+        "train a tiny YOCO, generate with it, profile it (make demo)",
+    ),
+    "compare": ("yoco.demo.compare:main", "compare untrained YOCO and Transformer models of the same shape"),
+    "generate": ("yoco.inference.command:main", "stream a completion from a model"),
+    "train": ("yoco.train.command:main", "train a model from a TOML recipe"),
+    "plot": ("yoco.train.command:plot", "draw the loss curve of a training run"),
+    "tokenizer": ("yoco.tokenizer.command:main", "train a BPE tokenizer: yoco tokenizer train ..."),
+    "eval": ("yoco.eval.command:main", "perplexity, needle in a haystack, copying, MQAR recall"),
+    "bench": (
+        "yoco.bench.command:main",
+        "profile prefill, memory and decode against a Transformer and HF Llama",
+    ),
 }
 # Errors that describe the user's input rather than a bug in yoco: their message is enough.
 USER_ERRORS = (ValueError, OSError)
@@ -42,10 +50,11 @@ def main(argv: list[str] | None = None) -> None:
         if argv and argv[0] not in ("-h", "--help"):
             sys.exit(f"\nyoco: unknown command {argv[0]!r}")
         return
-    module_name, _ = COMMANDS[argv[0]]
-    module = __import__(module_name, fromlist=["main"])
+    target, _ = COMMANDS[argv[0]]
+    module_name, function = target.split(":")
+    command = getattr(importlib.import_module(module_name), function)
     try:
-        module.main(argv[1:])
+        command(argv[1:])
     except KeyboardInterrupt:
         sys.exit(f"\nyoco {argv[0]}: interrupted")
     except Exception as error:

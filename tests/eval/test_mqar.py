@@ -87,7 +87,7 @@ def test_query_logits_are_the_full_models_logits_at_the_queries():
 
 
 def test_mqar_command_keeps_finished_rows_and_writes_the_table(tmp_path):
-    from yoco.eval.cli import main
+    from yoco.eval.command import main
 
     doc = tmp_path / "EVALUATION.md"
     doc.write_text("# Evaluation\n")

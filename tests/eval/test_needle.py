@@ -9,9 +9,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from tests.conftest import tiny_model
-from yoco.eval.cli import main as eval_main
-from yoco.eval.needle import answer_token_hits, build_prompt, needle_sentence, stdlib_prose
+from tests.helpers import tiny_model
+from yoco.data.stdlib import stdlib_prose
+from yoco.data.synthetic import build_prompt, needle_sentence
+from yoco.eval.command import main as eval_main
+from yoco.eval.needle import answer_token_hits
 from yoco.tokenizer import byte_tokenizer, decode_bytes, encode_bytes
 
 FILLER = encode_bytes(stdlib_prose(60_000))

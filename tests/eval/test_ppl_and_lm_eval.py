@@ -9,10 +9,11 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
-from tests.conftest import tiny_model
+from tests.helpers import tiny_model
+from yoco.data.packing import PackedStream
+from yoco.data.sources import list_documents
 from yoco.eval.ppl import evaluate_ppl
 from yoco.tokenizer import byte_tokenizer
-from yoco.train.data import PackedStream, list_documents
 
 
 def test_ppl_equals_the_training_loss_on_the_same_tokens(tmp_path):

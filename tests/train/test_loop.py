@@ -13,7 +13,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tests.train.conftest import tiny_config
+from tests.helpers import tiny_config
 from yoco.train import checkpoint as ckpt
 from yoco.train.config import ConfigError, load_config
 from yoco.train.loop import TrainingDiverged, lr_at, train
@@ -149,7 +149,7 @@ def test_init_from_starts_a_fresh_run_from_saved_weights(corpus, tmp_path):
 
 
 def test_a_run_folder_stands_for_its_latest_checkpoint(corpus, tmp_path):
-    from yoco.eval.cli import _load
+    from yoco.eval.command import _load
 
     train(tiny_config(corpus), tmp_path / "run", show_progress=False)
     assert ckpt.find_weights(tmp_path / "run").name == "step-0000012"  # (not step 5 or 10)
@@ -365,7 +365,7 @@ def test_tensorboard_and_metrics_show_each_step_once_after_a_resume(corpus, tmp_
 
 
 def test_max_steps_zero_is_refused_up_front(corpus, tmp_path, capsys):
-    from yoco.train.cli import main
+    from yoco.train.command import main
 
     with pytest.raises(ConfigError, match="--max-steps must be >= 1, got 0"):
         train(tiny_config(corpus), tmp_path / "run", stop_at=0, show_progress=False)

@@ -2,9 +2,9 @@
 
 import pytest
 
+from yoco.data.sources import list_documents
 from yoco.tokenizer import load_tokenizer
 from yoco.train.config import load_config, shipped_recipes
-from yoco.train.data import list_documents
 from yoco.train.loop import build_model
 
 RECIPES = list(shipped_recipes().values())

@@ -1,4 +1,4 @@
-"""`yoco bench`: prefill latency, memory and decode throughput of YOCO against a Transformer
+"""Profiling (what `yoco bench` runs): prefill latency, memory and decode throughput of YOCO against a Transformer
 and Hugging Face Llama of the same shape, beside the theoretical ratios.
 
 One run measures every (dtype, context length, system) cell, interleaving the systems inside
@@ -6,19 +6,14 @@ each repeat so that machine drift hits all of them alike, and writes JSON, a Mar
 and PNG plots. ``--quick`` runs a tiny grid (the test suite uses it as a smoke test).
 """
 
-import argparse
-import json
-import os
 import statistics
 import threading
 import time
-from pathlib import Path
 
 import psutil
 import torch
 from tqdm import tqdm
 
-from yoco.bench import report
 from yoco.bench.environment import environment
 from yoco.bench.flops import Shape, cache_bytes, decode_bytes, prefill_flops
 from yoco.bench.systems import SYSTEMS, Runner, build_model
@@ -214,43 +209,3 @@ def machine_facts(args, shape, lengths, dtypes, systems, repeats, new_tokens, bu
         budget_gib=args.budget_gib,
         max_batch=args.max_batch,
     )
-
-
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="yoco bench", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="tiny shape and grid (a smoke test)")
-    parser.add_argument("--lengths", type=int, nargs="+", help="context lengths (default 1K..32K)")
-    parser.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES))
-    parser.add_argument("--systems", nargs="+", choices=SYSTEMS)
-    parser.add_argument("--repeats", type=int, help="timed prefill runs after one warm-up (default 3)")
-    parser.add_argument("--new-tokens", type=int, help="decode steps (default 64)")
-    parser.add_argument("--window", type=int, help="SWA window (default 1024)")
-    parser.add_argument(
-        "--budget-gib", type=float, default=4.0, help="cache memory budget for batched decode"
-    )
-    parser.add_argument("--max-batch", type=int, default=256, help="cap on the batch within the budget")
-    parser.add_argument(
-        "--budget-new-tokens", type=int, help="decode steps timed at the budget batch (default 16)"
-    )
-    parser.add_argument("--out", default="docs/bench", help="folder for JSON, Markdown and PNGs")
-    parser.add_argument(
-        "--benchmarks-md", help="also write the report into this Markdown file's profile section"
-    )
-    parser.add_argument(
-        "--section", default="profile", help="name of the --benchmarks-md section to write (keeps the others)"
-    )
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-    args.argv = list(argv if argv is not None else [])
-    results = run(args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "profile.json").write_text(json.dumps(results, indent=1))
-    (out / "profile.md").write_text(report.markdown(results, image_dir="."))
-    report.plots(results, out)
-    if args.benchmarks_md:
-        doc = Path(args.benchmarks_md)
-        markdown = report.markdown(results, image_dir=os.path.relpath(out, doc.parent))
-        report.update_section(doc, args.section, markdown, relative_to=out)
-    print(report.summary(results))
-    return results

@@ -5,7 +5,11 @@ found through ``sysconfig`` and read in sorted order, so the corpus is the same 
 of the same Python.
 """
 
+import ast
+import io
+import re
 import sysconfig
+import tokenize as pytokenize
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,3 +49,30 @@ def stdlib_text(max_chars: int) -> str:
         if total >= max_chars:
             break
     return "\n\n".join(parts)[:max_chars]
+
+
+def stdlib_prose(max_chars: int = 2_000_000) -> str:
+    """Docstrings and comments of the standard library, as running text."""
+    pieces, total = [], 0
+    for _, source in iter_stdlib_documents():
+        try:
+            tree = ast.parse(source)
+            docs = [
+                ast.get_docstring(n)
+                for n in ast.walk(tree)
+                if isinstance(n, ast.Module | ast.ClassDef | ast.FunctionDef)
+            ]
+            comments = [
+                tok.string.lstrip("#").strip()
+                for tok in pytokenize.generate_tokens(io.StringIO(source).readline)
+                if tok.type == pytokenize.COMMENT
+            ]
+        except (SyntaxError, pytokenize.TokenError, ValueError):
+            continue
+        for text in [d for d in docs if d] + [c for c in comments if len(c) > 20]:
+            text = re.sub(r"\s+", " ", text).strip()
+            pieces.append(text)
+            total += len(text) + 1
+        if total >= max_chars:
+            break
+    return " ".join(pieces)[:max_chars]

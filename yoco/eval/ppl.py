@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import torch
 from tqdm import tqdm
 
-from yoco.train.data import list_documents
+from yoco.data.sources import list_documents
 
 
 def check_ppl_options(seq_len: int, batch_size: int, max_tokens: int | None) -> None:

@@ -53,7 +53,7 @@ PRESETS = {
         num_attention_heads=4,
         max_position_embeddings=8192,
     ),
-    # Twice as wide and deep, grouped key/value heads: the untrained side-by-side of `yoco demo`.
+    # Twice as wide and deep, grouped key/value heads: the untrained side-by-side of `yoco compare`.
     "small": dict(
         vocab_size=BYTE_VOCAB_SIZE,
         hidden_size=256,

@@ -192,7 +192,9 @@ class YocoModel(DecoderBackbone):
                 RecurrentState(batch_size, config.num_attention_heads, config.head_dim, device)
                 for _ in self.self_decoder
             ]
-        shared = GrowingKV(batch_size, kv_heads, kv_dim, dtype, device, capacity) if config.cross_decoder else None
+        shared = (
+            GrowingKV(batch_size, kv_heads, kv_dim, dtype, device, capacity) if config.cross_decoder else None
+        )
         return YocoCache(states, shared, dtype)
 
 

@@ -213,12 +213,34 @@ POSITIVE = (
 )
 
 
-def check_counts(cfg: RunConfig) -> None:
+CHOICES = {
+    "schedule.decay": ("cosine", "linear", "constant"),
+    "train.dtype": ("auto", "bfloat16", "float32"),
+    "train.distributed": ("ddp", "fsdp"),
+}
+
+
+def check_config(cfg: RunConfig, world_size: int = 1) -> None:
+    """Raise ConfigError naming the first key whose value cannot work, before anything runs:
+    counts below 1, values outside their choices, a batch that ``world_size`` processes with
+    ``train.grad_accum`` micro-batches cannot split evenly. (The model section is checked when
+    the model is built, the data sources when they are listed: both before any step.)"""
     for key in POSITIVE:
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
         if value < 1:
             raise ConfigError(f"{key} must be >= 1, got {value}")
+    for key, allowed in CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in allowed:
+            raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
+    t = cfg.train
+    if t.batch_size % (world_size * t.grad_accum):
+        raise ConfigError(
+            f"train.batch_size {t.batch_size} must be a multiple of processes x grad_accum = "
+            f"{world_size} x {t.grad_accum} = {world_size * t.grad_accum}"
+        )
 
 
 # What a resumed run may change in its recipe: where the run stops, and how often it writes

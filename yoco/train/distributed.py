@@ -28,16 +28,21 @@ class Dist:
         return self.rank == 0
 
 
+def world_size() -> int:
+    """How many processes this run has (``torchrun`` sets ``WORLD_SIZE``), before ``setup``."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def setup() -> Dist:
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    processes = world_size()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    if world_size > 1 and not dist.is_initialized():
+    if processes > 1 and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     rank = dist.get_rank() if dist.is_initialized() else 0
-    return Dist(rank, world_size, local_rank, device)
+    return Dist(rank, processes, local_rank, device)
 
 
 def teardown() -> None:

@@ -16,6 +16,7 @@ import torch
 from huggingface_hub.errors import StrictDataclassError
 from tqdm import tqdm
 
+from yoco.data.packing import build_data, check_sizes
 from yoco.layers.block import DecoderLayer
 from yoco.layers.moe import expert_statistics
 from yoco.models.registry import model_config, model_from_config
@@ -26,11 +27,11 @@ from yoco.train.config import (
     RESUMABLE_CHANGES,
     ConfigError,
     RunConfig,
-    check_counts,
+    check_config,
     recipe_differences,
     show_value,
 )
-from yoco.train.data import build_data, check_sizes
+from yoco.train.plot import plot_run
 
 
 class TrainingDiverged(RuntimeError):
@@ -187,205 +188,243 @@ def train(
     """
     if stop_at is not None and stop_at < 1:
         raise ConfigError(f"--max-steps must be >= 1, got {stop_at}")
-    check_counts(cfg)
+    check_config(cfg, distributed.world_size())
     d = distributed.setup()
     try:
-        return _train(cfg, Path(out), resume, stop_at, show_progress, d)
+        trainer = Trainer(cfg, Path(out), resume, stop_at, d)
+        return trainer.run(show_progress)
     finally:
         distributed.teardown()
 
 
-def _train(cfg: RunConfig, out: Path, resume: bool, stop_at: int | None, show_progress: bool, d) -> dict:
-    t = cfg.train
-    last_step = min(t.max_steps, stop_at) if stop_at is not None else t.max_steps
-    per_rank, rest = divmod(t.batch_size, d.world_size * t.grad_accum)
-    if rest or per_rank == 0:
-        raise ConfigError(
-            f"train.batch_size {t.batch_size} must be a multiple of processes x grad_accum = {d.world_size * t.grad_accum}"
+class Trainer:
+    """One run: the model, its data and optimizer, where it starts (fresh, resumed or from
+    other weights), and the step, evaluation and checkpoint it repeats. Everything that can
+    refuse the run (the recipe, the data, a resume) does so in ``__init__``, before the run
+    folder is written."""
+
+    def __init__(self, cfg: RunConfig, out: Path, resume: bool, stop_at: int | None, d: distributed.Dist):
+        self.cfg, self.out, self.d = cfg, out, d
+        t = cfg.train
+        self.last_step = min(t.max_steps, stop_at) if stop_at is not None else t.max_steps
+        self.per_rank = t.batch_size // (d.world_size * t.grad_accum)  # sequences per micro-batch
+        self.tokens_per_step = t.batch_size * cfg.data.seq_len
+        torch.manual_seed(t.seed)
+        self.tokenizer = load_tokenizer(cfg.tokenizer.path)
+        self.model = build_model(cfg.model, len(self.tokenizer))
+        self.mixture, val_stream = build_data(cfg.data, self.tokenizer)
+        for warning in check_sizes(cfg.data, self.mixture, val_stream, t.batch_size, cfg.eval.batches):
+            if d.is_main:
+                print(f"yoco train: {warning}", file=sys.stderr)
+        self.val_batches = self.validation_batches(val_stream)
+        self.root = out / "checkpoints"
+        self.recipe = json.loads(json.dumps(cfg.to_dict()))  # as stored (JSON: tuples become lists, ...)
+        state = self.starting_state(resume, stop_at)
+
+        self.model.to(d.device)
+        if t.activation_checkpointing:
+            for module in self.model.modules():
+                if isinstance(module, DecoderLayer):
+                    module.checkpoint_activations = True
+        self.wrapped = distributed.wrap(self.model, t.distributed, d)
+        self.optimizer = torch.optim.AdamW(
+            param_groups(self.wrapped, cfg.optimizer.weight_decay),
+            lr=cfg.optimizer.lr,
+            betas=tuple(cfg.optimizer.betas),
         )
-    if cfg.schedule.decay not in ("cosine", "linear", "constant"):
-        raise ConfigError(f"schedule.decay must be cosine, linear or constant, got {cfg.schedule.decay!r}")
-    if t.dtype not in ("auto", "bfloat16", "float32"):
-        raise ConfigError(f"train.dtype must be auto, bfloat16 or float32, got {t.dtype!r}")
-    torch.manual_seed(t.seed)
-    tokenizer = load_tokenizer(cfg.tokenizer.path)
-    model = build_model(cfg.model, len(tokenizer))
-    mixture, val_stream = build_data(cfg.data, tokenizer)
-    for warning in check_sizes(cfg.data, mixture, val_stream, t.batch_size, cfg.eval.batches):
-        if d.is_main:
-            print(f"yoco train: {warning}", file=sys.stderr)
-    val_batches = []
-    if val_stream is not None and cfg.eval.batches > 0:
-        # Fixed held-out batches; each process evaluates its own slice of each.
-        val_batches = [
+        if state is not None:
+            distributed.load_optimizer_state(self.wrapped, self.optimizer, state["optimizer"], d)
+            torch.set_rng_state(state["rng"])
+        self.use_bf16 = t.dtype == "bfloat16" or (t.dtype == "auto" and native_bf16(d.device))
+
+    def validation_batches(self, val_stream) -> list[torch.Tensor]:
+        """Fixed held-out batches; each process evaluates its own slice of each."""
+        t, d = self.cfg.train, self.d
+        if val_stream is None or self.cfg.eval.batches == 0:
+            return []
+        share = t.batch_size // d.world_size
+        return [
             torch.tensor([val_stream.next_sequence() for _ in range(t.batch_size)])[
-                d.rank * (t.batch_size // d.world_size) : (d.rank + 1) * (t.batch_size // d.world_size)
+                d.rank * share : (d.rank + 1) * share
             ]
-            for _ in range(cfg.eval.batches)
+            for _ in range(self.cfg.eval.batches)
         ]
-    root = out / "checkpoints"
-    start_step, state = 0, None
-    recipe = json.loads(json.dumps(cfg.to_dict()))  # as stored (JSON: tuples become lists, ...)
-    recipe_changes = []  # resumes that changed the recipe: [{"step": N, "changed": {key: [old, new]}}]
-    latest = ckpt.latest_checkpoint(root)
-    if resume:
-        if latest is None:
-            raise ConfigError(f"--resume: no checkpoint under {root}")
-        state = ckpt.load_checkpoint(latest)
-        start_step = state["trainer"]["step"]
-        recipe_changes = check_resume_recipe(state, recipe, cfg, latest, out, start_step, d.is_main)
-        if last_step <= start_step:
-            limit = f"--max-steps {stop_at}" if last_step == stop_at else f"train.max_steps {t.max_steps}"
+
+    def starting_state(self, resume: bool, stop_at: int | None) -> dict | None:
+        """Set the start step and put the starting weights in: the latest checkpoint's (with its
+        data position) on resume, ``train.init_from``'s, or none. Returns the checkpoint state
+        to take the optimizer and RNG from (None unless resuming)."""
+        cfg, t = self.cfg, self.cfg.train
+        self.start_step = 0
+        self.recipe_changes = []  # resumes that changed the recipe: [{"step": N, "changed": {key: [old, new]}}]
+        latest = ckpt.latest_checkpoint(self.root)
+        if resume:
+            if latest is None:
+                raise ConfigError(f"--resume: no checkpoint under {self.root}")
+            state = ckpt.load_checkpoint(latest)
+            self.start_step = state["trainer"]["step"]
+            self.recipe_changes = check_resume_recipe(
+                state, self.recipe, cfg, latest, self.out, self.start_step, self.d.is_main
+            )
+            if self.last_step <= self.start_step:
+                limit = (
+                    f"--max-steps {stop_at}"
+                    if self.last_step == stop_at
+                    else f"train.max_steps {t.max_steps}"
+                )
+                raise ConfigError(
+                    f"--resume: nothing to train, {latest.name} is at step {self.start_step} and {limit} stops "
+                    "there; raise train.max_steps (or --max-steps) to train further"
+                )
+            put_weights(self.model, state["model"], state["config"], latest)
+            self.mixture.load_state_dict(state["trainer"]["data"])
+            return state
+        if latest is not None:
+            # A fresh run here would mix its checkpoints with the old run's (keep_last would even
+            # delete the new ones first): refuse rather than lose either.
             raise ConfigError(
-                f"--resume: nothing to train, {latest.name} is at step {start_step} and {limit} stops there; "
-                "raise train.max_steps (or --max-steps) to train further"
+                f"{self.out} already holds a run (latest checkpoint {latest.name}): "
+                "pass --resume to continue it, or choose another --out"
             )
-        put_weights(model, state["model"], state["config"], latest)
-        mixture.load_state_dict(state["trainer"]["data"])
-    elif latest is not None:
-        # A fresh run here would mix its checkpoints with the old run's (keep_last would even
-        # delete the new ones first): refuse rather than lose either.
-        raise ConfigError(
-            f"{out} already holds a run (latest checkpoint {latest.name}): "
-            "pass --resume to continue it, or choose another --out"
-        )
-    elif t.init_from is not None:
-        try:
-            source = ckpt.find_weights(Path(t.init_from))
-        except FileNotFoundError as error:
-            raise ConfigError(f"train.init_from: {error}") from error
-        put_weights(model, *ckpt.load_weights(source), source)
+        if t.init_from is not None:
+            try:
+                source = ckpt.find_weights(Path(t.init_from))
+            except FileNotFoundError as error:
+                raise ConfigError(f"train.init_from: {error}") from error
+            put_weights(self.model, *ckpt.load_weights(source), source)
+        return None
 
-    model.to(d.device)
-    if t.activation_checkpointing:
-        for module in model.modules():
-            if isinstance(module, DecoderLayer):
-                module.checkpoint_activations = True
-    wrapped = distributed.wrap(model, t.distributed, d)
-    optimizer = torch.optim.AdamW(
-        param_groups(wrapped, cfg.optimizer.weight_decay),
-        lr=cfg.optimizer.lr,
-        betas=tuple(cfg.optimizer.betas),
-    )
-    if state is not None:
-        distributed.load_optimizer_state(wrapped, optimizer, state["optimizer"], d)
-        torch.set_rng_state(state["rng"])
-    use_bf16 = t.dtype == "bfloat16" or (t.dtype == "auto" and native_bf16(d.device))
-
-    out.mkdir(parents=True, exist_ok=True)
-    log = MetricsLog(out, cfg.logging.tensorboard, start_step) if d.is_main else None
-    if d.is_main:
-        (out / "run_config.json").write_text(json.dumps(recipe, indent=1))
-    tokens_per_step = t.batch_size * cfg.data.seq_len
-    bar = tqdm(
-        total=last_step,
-        initial=start_step,
-        desc="train",
-        unit="step",
-        disable=not (show_progress and d.is_main),
-    )
-    losses = {}
-    last_val = None
-
-    def forward(ids):
+    def forward(self, ids: torch.Tensor):
         """The model's outputs on ``ids`` (its own labels): ``loss`` (cross-entropy), ``aux_loss``."""
-        with torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            return wrapped(input_ids=ids, labels=ids)
+        with torch.autocast(self.d.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
+            return self.wrapped(input_ids=ids, labels=ids)
 
-    def forward_loss(ids):  # validation: cross-entropy alone
-        return forward(ids).loss
-
-    def save(step):
-        model_state, optim_state = distributed.full_state_dicts(wrapped, optimizer, d)
-        if d.is_main:
-            trainer_state = {"step": step, "data": mixture.state_dict(), "tokens": step * tokens_per_step}
-            if recipe_changes:
-                trainer_state["recipe_changes"] = recipe_changes
-            ckpt.save_checkpoint(
-                root,
-                step,
-                model,
-                tokenizer,
-                model_state,
-                optim_state,
-                trainer_state,
-                cfg.checkpoint.keep_last,
-                run_config=recipe,
-            )
-
-    for step in range(start_step + 1, last_step + 1):
+    def train_step(self, step: int) -> dict:
+        """One optimizer step on the next global batch (this process's slice of it, in
+        ``train.grad_accum`` micro-batches); returns the step's metrics record."""
+        t, d = self.cfg.train, self.d
         step_start = time.perf_counter()
-        wrapped.train()
-        lr = lr_at(step, cfg)
-        for group in optimizer.param_groups:
+        self.wrapped.train()
+        lr = lr_at(step, self.cfg)
+        for group in self.optimizer.param_groups:
             group["lr"] = lr
-        batch = mixture.next_batch(t.batch_size)
-        local = batch[d.rank * per_rank * t.grad_accum : (d.rank + 1) * per_rank * t.grad_accum].to(d.device)
+        batch = self.mixture.next_batch(t.batch_size)
+        rows = self.per_rank * t.grad_accum
+        local = batch[d.rank * rows : (d.rank + 1) * rows].to(d.device)
         # The step's mean cross-entropy and mean unscaled aux loss (0 without MoE), over its
         # micro-batches here and then over the processes (one all-reduce for both).
         totals = torch.zeros(2, device=d.device)
         for micro in range(t.grad_accum):
-            ids = local[micro * per_rank : (micro + 1) * per_rank]
-            outputs = forward(ids)
-            (training_objective(outputs, model.config) / t.grad_accum).backward()
+            outputs = self.forward(local[micro * self.per_rank : (micro + 1) * self.per_rank])
+            (training_objective(outputs, self.model.config) / t.grad_accum).backward()
             totals[0] += outputs.loss.detach() / t.grad_accum
             if outputs.aux_loss is not None:
                 totals[1] += outputs.aux_loss.detach() / t.grad_accum
         step_loss, step_aux = distributed.mean_across(totals, d).tolist()
         if not (math.isfinite(step_loss) and math.isfinite(step_aux)):
-            bar.close()
             what = f"loss is {step_loss}" if not math.isfinite(step_loss) else f"moe_aux_loss is {step_aux}"
             raise TrainingDiverged(
                 f"{what} at step {step}; stopped without saving, the last good checkpoint is kept"
             )
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(wrapped.parameters(), cfg.optimizer.grad_clip))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses[step] = step_loss
-
-        elapsed = time.perf_counter() - step_start
+        grad_norm = float(
+            torch.nn.utils.clip_grad_norm_(self.wrapped.parameters(), self.cfg.optimizer.grad_clip)
+        )
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
         record = {
             "step": step,
             "loss": step_loss,
             "lr": lr,
             "grad_norm": grad_norm,
-            "tokens_per_s": tokens_per_step / elapsed,
-            "tokens": step * tokens_per_step,
+            "tokens_per_s": self.tokens_per_step / (time.perf_counter() - step_start),
+            "tokens": step * self.tokens_per_step,
         }
         # Expert activation of the step's last micro-batch (this process's share); {} without MoE.
         # ``loss`` is cross-entropy alone; with MoE layers, ``moe_aux_loss`` is the step's mean
         # unscaled balancing loss, like ``loss`` over all micro-batches and processes, so the
         # step minimised loss + router_aux_loss_coef * moe_aux_loss.
-        stats = expert_statistics(model)
+        stats = expert_statistics(self.model)
         if stats:
             stats["moe_aux_loss"] = step_aux
         record.update(stats)
-        if val_batches and (step % cfg.eval.every == 0 or step == last_step):
-            last_val = evaluate(wrapped, val_batches, forward_loss, d)
-            record["val_loss"] = last_val
-        if log is not None and (step % cfg.logging.every == 0 or "val_loss" in record):
-            log.write(record)
-        bar.set_postfix(
-            loss=f"{step_loss:.3f}",
-            val=f"{last_val:.3f}" if last_val else "-",
-            tok_s=f"{record['tokens_per_s']:.0f}",
-        )
-        bar.update()
-        if step % cfg.checkpoint.every == 0 or step == last_step:
-            save(step)
-    bar.close()
-    if log is not None:
-        log.close()
-        from yoco.train.plot import plot_run
+        return record
 
-        plot_run(out)
-    return {
-        "losses": losses,
-        "val_loss": last_val,
-        "out": str(out),
-        "final_checkpoint": str(ckpt.latest_checkpoint(root)),
-        "is_main": d.is_main,
-    }
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean validation cross-entropy over the fixed held-out batches, across processes."""
+        self.wrapped.eval()
+        losses = [self.forward(ids.to(self.d.device)).loss for ids in self.val_batches]
+        return float(distributed.mean_across(torch.stack(losses).mean(), self.d))
+
+    def save(self, step: int) -> None:
+        """A checkpoint of this step: weights, optimizer, data position, recipe (atomic, keep-last-k)."""
+        model_state, optim_state = distributed.full_state_dicts(self.wrapped, self.optimizer, self.d)
+        if not self.d.is_main:
+            return
+        trainer_state = {
+            "step": step,
+            "data": self.mixture.state_dict(),
+            "tokens": step * self.tokens_per_step,
+        }
+        if self.recipe_changes:
+            trainer_state["recipe_changes"] = self.recipe_changes
+        ckpt.save_checkpoint(
+            self.root,
+            step,
+            self.model,
+            self.tokenizer,
+            model_state,
+            optim_state,
+            trainer_state,
+            self.cfg.checkpoint.keep_last,
+            run_config=self.recipe,
+        )
+
+    def run(self, show_progress: bool) -> dict:
+        """Train from the start step to the last, logging, evaluating and checkpointing as the
+        recipe says; returns the per-step losses, the last validation loss and where it all is."""
+        cfg, d, out = self.cfg, self.d, self.out
+        out.mkdir(parents=True, exist_ok=True)
+        log = MetricsLog(out, cfg.logging.tensorboard, self.start_step) if d.is_main else None
+        if d.is_main:
+            (out / "run_config.json").write_text(json.dumps(self.recipe, indent=1))
+        bar = tqdm(
+            total=self.last_step,
+            initial=self.start_step,
+            desc="train",
+            unit="step",
+            disable=not (show_progress and d.is_main),
+        )
+        losses, last_val = {}, None
+        try:
+            for step in range(self.start_step + 1, self.last_step + 1):
+                record = self.train_step(step)
+                losses[step] = record["loss"]
+                if self.val_batches and (step % cfg.eval.every == 0 or step == self.last_step):
+                    last_val = record["val_loss"] = self.evaluate()
+                if log is not None and (step % cfg.logging.every == 0 or "val_loss" in record):
+                    log.write(record)
+                bar.set_postfix(
+                    loss=f"{record['loss']:.3f}",
+                    val=f"{last_val:.3f}" if last_val else "-",
+                    tok_s=f"{record['tokens_per_s']:.0f}",
+                )
+                bar.update()
+                if step % cfg.checkpoint.every == 0 or step == self.last_step:
+                    self.save(step)
+        finally:
+            bar.close()
+            if log is not None:
+                log.close()
+        if log is not None:
+            plot_run(out)
+        return {
+            "losses": losses,
+            "val_loss": last_val,
+            "out": str(out),
+            "final_checkpoint": str(ckpt.latest_checkpoint(self.root)),
+            "is_main": d.is_main,
+        }
 
 
 def check_resume_recipe(
@@ -429,10 +468,3 @@ def check_resume_recipe(
                 file=sys.stderr,
             )
     return changes + [{"step": start_step, "changed": {k: list(v) for k, v in differences.items()}}]
-
-
-@torch.no_grad()
-def evaluate(model, batches, forward_loss, d) -> float:
-    model.eval()
-    losses = [forward_loss(ids.to(d.device)) for ids in batches]
-    return float(distributed.mean_across(torch.stack(losses).mean(), d))

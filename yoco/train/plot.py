@@ -1,6 +1,5 @@
 """Loss curves from a run's metrics.jsonl (`yoco plot DIR`, and at the end of training)."""
 
-import argparse
 import json
 from pathlib import Path
 
@@ -44,10 +43,3 @@ def plot_run(run_dir: Path, runs: dict[str, Path] | None = None, out: Path | Non
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="yoco plot", description=__doc__)
-    parser.add_argument("run_dir")
-    args = parser.parse_args(argv)
-    print(plot_run(Path(args.run_dir)))

@@ -1,14 +1,5 @@
-"""Training data: documents from files, a held-out split, packing, weighted mixing.
+"""Training sequences: documents packed into fixed-length token sequences, and mixed.
 
-* A *source* is a ``.txt`` file (one document), a ``.jsonl`` file (one document per line, in
-  its ``text`` field), a ``.parquet`` file (a ``text`` column), a folder of such files,
-  ``"stdlib"``: the Python standard library's own sources, the embedded default corpus, or a
-  synthetic source of COUNT seeded documents of exactly LENGTH bytes (with their EOS):
-  ``"needle:LENGTH[:COUNT]"``, needle-retrieval documents (haystack, needles, questions and
-  answers), or ``"copy:LENGTH[:COUNT]"``, random printable ASCII in which a span repeats (dense
-  practice at copying from context, the skill needle retrieval rests on).
-* Each document has a stable id (``path`` or ``path:row``); hashing it puts the document in the
-  validation split or not, so the split is disjoint and the same on every run.
 * A :class:`PackedStream` reads a source's documents in a seeded order (reshuffled every
   epoch), tokenises them as it goes and packs the tokens, with EOS between documents, into
   sequences of exactly ``seq_len`` tokens.
@@ -19,148 +10,12 @@ Streams and mixtures save their position (``state_dict``) so a resumed run reads
 sequences an uninterrupted one would have.
 """
 
-import functools
-import hashlib
-import json
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from yoco.data.stdlib import stdlib_dir, stdlib_source_files
-
-SUFFIXES = (".txt", ".jsonl", ".parquet")
-
-
-class DataError(ValueError):
-    pass
-
-
-@dataclass(frozen=True)
-class DocRef:
-    """Where to find one document: ``row`` is None for a whole ``.txt`` file; ``make`` builds a
-    synthetic document from its row number."""
-
-    doc_id: str
-    path: Path | None
-    row: int | None = None
-    make: Callable[[int], str] | None = None
-
-    def text(self) -> str:
-        if self.make is not None:
-            return self.make(self.row)
-        if self.row is None:
-            return self.path.read_text(encoding="utf-8", errors="replace")
-        return _rows(self.path)[self.row]
-
-
-@functools.lru_cache(maxsize=2)
-def _rows(path: Path) -> list[str]:
-    """The documents of a ``.jsonl`` or ``.parquet`` file (cached: a stream reads a file's
-    rows one after another)."""
-    if path.suffix == ".jsonl":
-        rows = []
-        with path.open(encoding="utf-8") as f:
-            for number, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise DataError(f"{path}:{number} is not valid JSON: {error}") from error
-                if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                    raise DataError(f"{path}:{number} has no string 'text' field")
-                rows.append(record["text"])
-        return rows
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(path)
-    if "text" not in table.column_names:
-        raise DataError(f"{path} has no 'text' column (columns: {table.column_names})")
-    return [str(t) for t in table.column("text").to_pylist()]
-
-
-PRINTABLE = "".join(map(chr, range(ord(" "), ord("~") + 1)))  # digits and punctuation too
-
-
-def copy_training_text(index: int, length: int) -> str:
-    """``length - 1`` random printable ASCII bytes (the EOS makes ``length``) in which a span of
-    ``length // 8`` bytes reappears later, its copy starting a distance drawn uniformly from
-    ``span .. length - 1 - span`` bytes after the original starts. Only a model that looks the
-    span up by content predicts the repeat. Every printable byte is a copy target, digits
-    included: a model that only ever copied letters did not copy the needle's digits. The
-    distance covers the whole document: with repeats only 1/4 to 1/2 of the length back, a
-    needle model retrieved over those distances and rarely over longer or shorter ones."""
-    if length < 16:
-        raise ValueError(f"copy documents need a length of at least 16, got {length}")
-    rng = random.Random(f"copy-train:{index}")
-    text = [rng.choice(PRINTABLE) for _ in range(length - 1)]
-    span = length // 8
-    distance = rng.randint(span, length - 1 - span)  # so the copy ends before the EOS
-    start = rng.randint(0, length - 1 - span - distance)
-    text[start + distance : start + distance + span] = text[start : start + span]
-    return "".join(text)
-
-
-def _needle_training_text(index: int, length: int) -> str:
-    from yoco.eval.needle import needle_training_text  # (imported late: the eval package imports this one)
-
-    return needle_training_text(index, length)
-
-
-# Synthetic sources by name: (row, length) -> document text.
-SYNTHETIC = {"needle": _needle_training_text, "copy": copy_training_text}
-
-
-def list_documents(spec: str) -> list[DocRef]:
-    """All documents of one source, in a stable order. Raises DataError if it has none."""
-    if spec == "stdlib":
-        root = stdlib_dir()
-        return [DocRef(f"stdlib:{p.relative_to(root)}", p) for p in stdlib_source_files()]
-    kind = spec.split(":", 1)[0]
-    if kind in SYNTHETIC:
-        parts = spec.split(":")
-        try:
-            length, count = int(parts[1]), int(parts[2]) if len(parts) > 2 else 4096
-            if len(parts) > 3 or length < 1 or count < 1:
-                raise ValueError
-        except (IndexError, ValueError) as error:
-            raise DataError(f"data source {spec}: use {kind}:LENGTH or {kind}:LENGTH:COUNT") from error
-        make = functools.partial(SYNTHETIC[kind], length=length)
-        try:
-            make(0)  # a length too short for the kind fails here, not mid-training
-        except ValueError as error:
-            raise DataError(f"data source {spec}: {error}") from error
-        return [DocRef(f"{spec}:{i}", None, i, make) for i in range(count)]
-    path = Path(spec)
-    if not path.exists():
-        raise DataError(f"data source {spec} does not exist")
-    files = sorted(p for p in path.rglob("*") if p.suffix in SUFFIXES) if path.is_dir() else [path]
-    if path.is_file() and path.suffix not in SUFFIXES:
-        raise DataError(f"data source {spec}: unsupported file type (use {', '.join(SUFFIXES)})")
-    docs = []
-    for file in files:
-        if file.suffix == ".txt":
-            if file.stat().st_size:
-                docs.append(DocRef(str(file), file))
-        else:
-            docs.extend(DocRef(f"{file}:{i}", file, i) for i in range(len(_rows(file))))
-    if not docs:
-        raise DataError(f"data source {spec} has no documents")
-    return docs
-
-
-def in_validation(doc_id: str, fraction: float) -> bool:
-    digest = hashlib.sha1(doc_id.encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
-
-
-def split_documents(docs: list[DocRef], val_fraction: float) -> tuple[list[DocRef], list[DocRef]]:
-    train = [d for d in docs if not in_validation(d.doc_id, val_fraction)]
-    val = [d for d in docs if in_validation(d.doc_id, val_fraction)]
-    return train, val
+from yoco.data.sources import DataError, DocRef, list_documents, split_documents
 
 
 class PackedStream:

@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
         print(
             "\n== 3/3 profiling: YOCO vs a Transformer and HF Llama (bfloat16, short grid; full grid: yoco bench)"
         )
-        from yoco.bench.profile import main as bench
+        from yoco.bench.command import main as bench
 
         torch.manual_seed(0)
         bench(

@@ -1,4 +1,4 @@
-"""`yoco demo`: YOCO-gRet, YOCO-SWA and a Transformer of the same shape, side by side.
+"""`yoco compare`: YOCO-gRet, YOCO-SWA and a Transformer of the same shape, side by side.
 
 Builds the three (randomly initialised) models, runs a few thousand tokens of Python
 standard-library source through each, and prints parameters, loss and forward time in
@@ -46,7 +46,7 @@ def timed_loss(model, ids: torch.Tensor, repeats: int = 3) -> tuple[float, float
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="yoco demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="yoco compare", description=__doc__)
     parser.add_argument("--tokens", type=int, default=4096, help="tokens of stdlib source")
     parser.add_argument("--window", type=int, default=512, help="YOCO-SWA window")
     args = parser.parse_args(argv)

@@ -8,7 +8,7 @@ import torch
 from transformers import DiffLlamaConfig, DiffLlamaForCausalLM
 
 import yoco
-from tests.conftest import TINY, sharpen_attention, tiny_model, train_briefly
+from tests.helpers import TINY, sharpen_attention, tiny_model, train_briefly
 from yoco.layers.differential_attention import (
     DiffCrossAttention,
     DiffSelfAttention,

@@ -1,4 +1,4 @@
-"""`yoco eval ppl | needle | mqar`: evaluate saved models, or train recall probes from scratch."""
+"""`yoco eval ppl | needle | copy | mqar`: evaluate saved models, or train recall probes from scratch."""
 
 import argparse
 import json
@@ -111,13 +111,20 @@ def main(argv: list[str] | None = None) -> None:
     needle.add_argument("--out", default="runs/needle")
     needle.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
 
+    copy = sub.add_parser("copy", help="teacher-forced accuracy at copying a span from the context")
+    copy.add_argument("--model", required=True)
+    copy.add_argument("--length", type=int, default=128, help="document length in bytes")
+    copy.add_argument("--span", type=int, help="bytes repeated (default length // 8, as copy:LENGTH)")
+    copy.add_argument("--documents", type=int, default=256)
+    copy.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+
     mqar = sub.add_parser("mqar", help="train small models on MQAR from scratch and report recall")
     mqar.add_argument(
         "--models",
         nargs="+",
         default=["yoco-swa", "yoco-gret", "swa-only", "gret-only", "transformer"],
-        help="model kinds; append +diff, +moe, +mhmoe or +nope (YOCO only: a position-free "
-        "cross-decoder) to swap in a part (e.g. yoco-swa+diff)",
+        help="registry model names (yoco.models.registry): kinds such as yoco-swa or the controls "
+        "swa-only / gret-only, with part suffixes such as +diff or +nope (e.g. yoco-swa+diff)",
     )
     mqar.add_argument("--widths", type=int, nargs="+", default=[64, 128])
     mqar.add_argument(
@@ -169,5 +176,12 @@ def main(argv: list[str] | None = None) -> None:
             tokens = [round(a, 2) for a in result["answer_token_accuracy"][str(length)]]
             print(f"{'':>6}         teacher-forced accuracy per answer token {tokens}")
         print(f"heat map: {Path(args.out) / 'needle.png'}")
+    elif args.task == "copy":
+        from yoco.eval.copy import check_copy_options, copy_accuracy
+
+        check_copy_options(args.length, args.documents, args.span)
+        model, tokenizer = _load(args.model, args.dtype)
+        result = copy_accuracy(model, tokenizer, args.length, args.documents, args.span)
+        print(json.dumps(result))
     else:
         run_mqar(args, argv)

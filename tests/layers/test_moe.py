@@ -13,8 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers.modeling_outputs import MoeCausalLMOutputWithPast
 
 import yoco
-from tests.conftest import MODEL_KINDS, sharpen_attention, tiny_model, train_briefly
-from tests.train.conftest import tiny_config
+from tests.helpers import MODEL_KINDS, sharpen_attention, tiny_config, tiny_model, train_briefly
 from yoco.layers.moe import MHMoE, MoE, expert_statistics, mhmoe_intermediate_size
 from yoco.models.base import DecoderConfig
 from yoco.train.loop import train, training_objective

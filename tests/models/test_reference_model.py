@@ -1,4 +1,4 @@
-"""YOCO against an independent reference (tests/reference_yoco.py): the whole model, and each layer
+"""YOCO against an independent reference (tests/models/reference_yoco.py): the whole model, and each layer
 whose only other check is against itself (gRet with its decay gate, sliding-window attention,
 SharedKV, softmax cross-attention).
 
@@ -17,8 +17,8 @@ relative to the spread (standard deviation) of the expected values, and each sta
 import pytest
 import torch
 
-from tests import reference_yoco as ref
-from tests.conftest import tiny_model
+from tests.helpers import tiny_model
+from tests.models import reference_yoco as ref
 from yoco.cache import RecurrentState
 from yoco.layers.attention import SelfAttention
 from yoco.layers.cross_attention import CrossAttention, SharedKV

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import yoco
-from tests.conftest import sharpen_attention, tiny_model, train_briefly
+from tests.helpers import sharpen_attention, tiny_model, train_briefly
 from yoco.layers.rotary import RotaryEmbedding
 
 # (model kind, config overrides) for each part in a decoder.

@@ -7,7 +7,8 @@ import re
 import pytest
 import torch
 
-from tests.conftest import TINY
+from tests.helpers import TINY, greedy_by_full_forward, prompt_of
+from yoco import generate
 from yoco.models import KINDS, PARTS, PRESETS, build, resolve
 from yoco.models.registry import config_fields
 
@@ -53,7 +54,12 @@ def test_every_kind_is_combined_with_every_part_that_applies_to_it():
     built = {(kind, parts) for kind, parts in COMBINATIONS if len(parts) == 1}
     for kind in KINDS:
         for part in PARTS:
-            refused = {("yoco-dilated", "diff"), ("gret-only", "diff"), ("swa-only", "nope"), ("gret-only", "nope")}
+            refused = {
+                ("yoco-dilated", "diff"),
+                ("gret-only", "diff"),
+                ("swa-only", "nope"),
+                ("gret-only", "nope"),
+            }
             expected = (part != "nope" or kind.startswith("yoco-")) and (kind, part) not in refused
             assert ((kind, (part,)) in built) == expected, (kind, part)
 
@@ -90,9 +96,6 @@ def test_presets_and_where_applicable_fields():
 
 @pytest.mark.parametrize("kind", ["swa-only", "gret-only"])
 def test_the_controls_have_no_global_cache_and_decode_as_they_recompute(kind):
-    from tests.test_inference import greedy_by_full_forward, prompt_of
-    from yoco import generate
-
     torch.manual_seed(0)
     model = build(kind, where_applicable=dict(sliding_window=8, gret_chunk_size=16), **TINY).eval()
     body = model.model

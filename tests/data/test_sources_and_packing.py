@@ -6,9 +6,11 @@ import string
 
 import pytest
 
+from yoco.data.packing import Mixture, PackedStream
+from yoco.data.sources import DataError, list_documents, split_documents
+from yoco.data.synthetic import copy_document
 from yoco.tokenizer import EOS_ID, byte_tokenizer, encode_bytes
 from yoco.train.config import DataSource
-from yoco.train.data import DataError, Mixture, PackedStream, list_documents, split_documents
 
 
 def docs_of(tmp_path, texts):
@@ -159,12 +161,24 @@ def test_copy_documents_repeat_a_span_at_any_distance_and_fill_their_length():
     assert len(list_documents("copy:16:1")[0].text()) == 15  # the shortest: a 2-byte span
     with pytest.raises(DataError, match="at least 16"):
         list_documents("copy:15")
-    with pytest.raises(DataError, match="copy:LENGTH"):
-        list_documents("copy:12:3:9")
+    with pytest.raises(DataError, match=re.escape("use copy:LENGTH[:COUNT[:SPAN]]")):
+        list_documents("copy:128:3:9:1")
+    with pytest.raises(DataError, match=re.escape("use needle:LENGTH[:COUNT]")):
+        list_documents("needle:128:3:9")
+
+
+def test_a_copy_source_takes_the_span_it_repeats():
+    for doc in list_documents("copy:128:20:32"):
+        made = copy_document(int(doc.doc_id.rsplit(":", 1)[1]), 128, span=32)
+        assert doc.text() == made.text and made.span == 32 and 32 <= made.distance <= 95
+        repeat = made.start + made.distance
+        assert made.text[repeat : repeat + 32] == made.text[made.start : made.start + 32]
+    with pytest.raises(DataError, match=re.escape("a copy span must be 1 .. (length - 1) // 2 = 63, got 64")):
+        list_documents("copy:128:3:64")
 
 
 def size_config(tmp_path, text, **sections):
-    from tests.train.conftest import tiny_config
+    from tests.helpers import tiny_config
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(text)
@@ -212,19 +226,20 @@ def test_a_corpus_smaller_than_a_batch_or_without_validation_trains_with_warning
 
 
 def test_the_size_check_reads_a_large_corpus_only_as_far_as_it_needs(monkeypatch):
-    from yoco.train import data
+    from yoco.data.packing import count_tokens
+    from yoco.data.sources import DocRef
 
     read = []
-    real = data.DocRef.text
-    monkeypatch.setattr(data.DocRef, "text", lambda self: read.append(self.doc_id) or real(self))
+    real = DocRef.text
+    monkeypatch.setattr(DocRef, "text", lambda self: read.append(self.doc_id) or real(self))
     docs = list_documents("stdlib")
-    tokens, text_seen = data.count_tokens(docs, encode_bytes, 4096)
+    tokens, text_seen = count_tokens(docs, encode_bytes, 4096)
     assert tokens >= 4096 and text_seen and len(read) < 5 < len(docs)
 
 
 def test_a_validation_split_smaller_than_its_batches_is_reported(tmp_path):
+    from yoco.data.packing import check_sizes
     from yoco.train.config import DataConfig
-    from yoco.train.data import check_sizes
 
     (tmp_path / "t").mkdir(), (tmp_path / "v").mkdir()
     train_docs = docs_of(tmp_path / "t", ["x" * 300])

@@ -12,7 +12,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM
 
 import yoco
-from tests.conftest import MODEL_KINDS, sharpen_attention, tiny_model
+from tests.helpers import MODEL_KINDS, sharpen_attention, tiny_model
 from yoco.layers.bitlinear import (
     BitLinear,
     PackedBitLinear,

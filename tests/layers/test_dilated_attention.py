@@ -7,8 +7,7 @@ import pytest
 import torch
 
 import yoco
-from tests.conftest import sharpen_attention, tiny_model, train_briefly
-from tests.test_inference import greedy_by_full_forward, prompt_of
+from tests.helpers import greedy_by_full_forward, prompt_of, sharpen_attention, tiny_model, train_briefly
 from yoco.ops.attention import causal_attention, repeat_kv
 from yoco.ops.dilated_attention import (
     check_patterns,

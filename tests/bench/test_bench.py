@@ -7,9 +7,9 @@ import pytest
 import torch
 import transformers
 
+from yoco.bench.command import main
 from yoco.bench.environment import describe, environment
 from yoco.bench.flops import Shape, cache_bytes, prefill_flops
-from yoco.bench.profile import main
 from yoco.bench.report import update_section
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import yoco
-from tests.conftest import TINY, tiny_model
+from tests.helpers import TINY, tiny_model
 from yoco.cache import GROWTH_BLOCK, GrowingKV
 
 

@@ -1,12 +1,14 @@
-"""`yoco train CONFIG.toml [--out DIR] [--max-steps N] [--resume] [--set section.key=value ...]`."""
+"""`yoco train CONFIG.toml [--out DIR] [--max-steps N] [--resume] [--set section.key=value ...]`,
+and `yoco plot RUN_DIR`."""
 
 import argparse
 import sys
 from pathlib import Path
 
+from yoco.data.sources import DataError
 from yoco.train.config import load_config
-from yoco.train.data import DataError
 from yoco.train.loop import TrainingDiverged, train
+from yoco.train.plot import plot_run
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -36,3 +38,10 @@ def main(argv: list[str] | None = None) -> dict:
             f"run folder: {out}  (loss curve: {out / 'loss.png'}, checkpoint: {summary['final_checkpoint']})"
         )
     return summary
+
+
+def plot(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="yoco plot", description="draw the loss curve of a training run")
+    parser.add_argument("run_dir")
+    args = parser.parse_args(argv)
+    print(plot_run(Path(args.run_dir)))

@@ -8,8 +8,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from yoco.data.sources import DataError, list_documents
 from yoco.tokenizer import train_bpe
-from yoco.train.data import DataError, list_documents
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,24 +11,11 @@ from transformers.generation.logits_process import (
 )
 
 import yoco
-from tests.conftest import sharpen_attention, tiny_model
+from tests.helpers import greedy_by_full_forward, prompt_of, sharpen_attention, tiny_model
 from yoco.inference.sampling import sample_next
 
 WINDOW = 8  # tiny_model's sliding window
 PROMPT_LENGTHS = [1, WINDOW - 1, WINDOW, WINDOW + 1, 3 * WINDOW + 5]
-
-
-def prompt_of(length: int, seed: int = 0) -> list[int]:
-    return torch.randint(0, 99, (length,), generator=torch.Generator().manual_seed(seed)).tolist()
-
-
-@torch.no_grad()
-def greedy_by_full_forward(model, prompt: list[int], new_tokens: int) -> list[int]:
-    """Reference: run the whole sequence through the plain forward for every new token."""
-    ids = list(prompt)
-    for _ in range(new_tokens):
-        ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
-    return ids[len(prompt) :]
 
 
 @pytest.mark.parametrize("length", PROMPT_LENGTHS)

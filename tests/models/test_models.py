@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-from tests.conftest import TINY, sharpen_attention, tiny_model
+from tests.helpers import TINY, sharpen_attention, tiny_model
 from yoco import TransformerConfig, TransformerForCausalLM, YocoConfig, YocoForCausalLM
 
 

@@ -1,0 +1,51 @@
+"""`yoco bench`: profile prefill, memory and decode of YOCO against a Transformer and Hugging
+Face Llama of the same shape (:mod:`yoco.bench.profile`), and write the report."""
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from yoco.bench import report
+from yoco.bench.profile import DTYPES, run
+from yoco.bench.systems import SYSTEMS
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="yoco bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="tiny shape and grid (a smoke test)")
+    parser.add_argument("--lengths", type=int, nargs="+", help="context lengths (default 1K..32K)")
+    parser.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES))
+    parser.add_argument("--systems", nargs="+", choices=SYSTEMS)
+    parser.add_argument("--repeats", type=int, help="timed prefill runs after one warm-up (default 3)")
+    parser.add_argument("--new-tokens", type=int, help="decode steps (default 64)")
+    parser.add_argument("--window", type=int, help="SWA window (default 1024)")
+    parser.add_argument(
+        "--budget-gib", type=float, default=4.0, help="cache memory budget for batched decode"
+    )
+    parser.add_argument("--max-batch", type=int, default=256, help="cap on the batch within the budget")
+    parser.add_argument(
+        "--budget-new-tokens", type=int, help="decode steps timed at the budget batch (default 16)"
+    )
+    parser.add_argument("--out", default="docs/bench", help="folder for JSON, Markdown and PNGs")
+    parser.add_argument(
+        "--benchmarks-md", help="also write the report into this Markdown file's profile section"
+    )
+    parser.add_argument(
+        "--section", default="profile", help="name of the --benchmarks-md section to write (keeps the others)"
+    )
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    args.argv = list(argv if argv is not None else [])
+    results = run(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "profile.json").write_text(json.dumps(results, indent=1))
+    (out / "profile.md").write_text(report.markdown(results, image_dir="."))
+    report.plots(results, out)
+    if args.benchmarks_md:
+        doc = Path(args.benchmarks_md)
+        markdown = report.markdown(results, image_dir=os.path.relpath(out, doc.parent))
+        report.update_section(doc, args.section, markdown, relative_to=out)
+    print(report.summary(results))
+    return results
