@@ -72,6 +72,16 @@ def greedy_by_full_forward(model, prompt: list[int], new_tokens: int) -> list[in
     return ids[len(prompt) :]
 
 
+@torch.no_grad()
+def cached_logits(model, ids: torch.Tensor) -> torch.Tensor:
+    """Logits of ``ids`` (B, 30) computed through a cache: a 13-token prefill, a 7-token
+    chunk, then one-token steps; the full forward's logits are the reference."""
+    cache = model.new_cache(ids.shape[0], 0)
+    pieces = [model(ids[:, :13], cache=cache).logits, model(ids[:, 13:20], cache=cache).logits]
+    pieces += [model(ids[:, i : i + 1], cache=cache).logits for i in range(20, ids.shape[1])]
+    return torch.cat(pieces, 1)
+
+
 # A tiny training setup, on the files the `corpus` fixture writes.
 TINY_MODEL = dict(
     name="yoco-gret",

@@ -98,21 +98,45 @@ def test_generate_uses_the_tokenizer_saved_with_the_run(bpe_run, capsys, monkeyp
     assert len(ids) < len(prompt.encode()), "the prompt should take multi-byte BPE tokens"
     expected = yoco.generate(model, [ids], 24, stop_token_ids=[tokenizer.eos_token_id])[0]
 
-    fed, stream_generate = [], yoco.stream_generate
+    from yoco.inference import command
 
-    def spy(model, prompts, *args, **kwargs):
-        fed.append((prompts, kwargs["stop_token_ids"]))
-        return stream_generate(model, prompts, *args, **kwargs)
+    fed, prefill, decode = [], yoco.prefill, command.decode
 
-    monkeypatch.setattr(yoco, "stream_generate", spy)
+    def spy_prefill(model, prompt, *args, **kwargs):
+        fed.append(prompt)
+        return prefill(model, prompt, *args, **kwargs)
+
+    def spy_decode(*args, **kwargs):
+        fed.append(kwargs["stop_token_ids"])
+        return decode(*args, **kwargs)
+
+    monkeypatch.setattr(yoco, "prefill", spy_prefill)
+    monkeypatch.setattr(command, "decode", spy_decode)
     capsys.readouterr()
     main(["generate", "--model", str(bpe_run), "--prompt", prompt, "--max-new-tokens", "24"])
     out = capsys.readouterr().out
-    assert fed == [([ids], [tokenizer.eos_token_id])]
+    assert fed == [ids, [tokenizer.eos_token_id]]
     # The prompt comes back exactly, followed by the streamed continuation, which is the
     # one-shot decode of the tokens greedy generation gives for the same prompt.
     assert out.startswith(prompt)
     assert out[len(prompt) :] == tokenizer.decode(expected, skip_special_tokens=True)
+
+
+def test_a_kept_context_continues_as_if_the_whole_text_were_the_prompt(tmp_path, capsys):
+    model_dir, cache = tmp_path / "model", tmp_path / "doc.cache"
+    tiny_model("yoco-gret", vocab_size=258).save_pretrained(model_dir)
+    document, question = tmp_path / "doc.txt", " and then?"
+    document.write_text("The special magic Osaka number is: 4455. " * 3)
+    common = ["generate", "--model", str(model_dir), "--max-new-tokens", "8"]
+    main([*common, "--prompt-file", str(document), "--save-cache", str(cache), "--prefill-chunk-size", "16"])
+    err, n = capsys.readouterr().err, len(document.read_bytes())  # byte tokens
+    assert "cache saved" in err and f"prefill: {n} tokens after 0 kept" in err and cache.is_file()
+    main([*common, "--load-cache", str(cache), "--prompt", question])
+    continued = capsys.readouterr()
+    assert f"prefill: {len(question)} tokens after {n} kept" in continued.err
+    main([*common, "--prompt", document.read_text() + question])
+    whole = capsys.readouterr().out
+    assert continued.out.startswith(question) and continued.out == whole[len(document.read_text()) :]
 
 
 def test_a_saved_model_without_tokenizer_needs_the_byte_vocabulary(tmp_path, capsys):

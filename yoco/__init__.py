@@ -6,7 +6,7 @@ Importing the package registers every model with the Hugging Face Auto classes, 
 
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from yoco.inference import generate, prefill, stream_generate
+from yoco.inference import generate, load_cache, prefill, save_cache, stream_generate
 from yoco.models.retnet import RetNetConfig, RetNetForCausalLM
 from yoco.models.transformer import TransformerConfig, TransformerForCausalLM
 from yoco.models.yoco import YocoConfig, YocoForCausalLM
@@ -29,6 +29,8 @@ __all__ = [
     "YocoConfig",
     "YocoForCausalLM",
     "generate",
+    "load_cache",
     "prefill",
+    "save_cache",
     "stream_generate",
 ]

@@ -18,7 +18,12 @@ each store keeps per-row lengths and hands attention a key mask when they differ
 import torch
 from transformers.cache_utils import Cache
 
-GROWTH_BLOCK = 256  # tokens; capacity grows to the next multiple of max(block, capacity)
+# Growth past capacity, in tokens: to the next multiple of max(GROWTH_BLOCK, capacity) while
+# the cache is small (amortised doubling), but never by more than MAX_GROWTH at once, so a
+# large cache wastes at most MAX_GROWTH tokens of memory (2 GiB more for one token at 1M
+# tokens, otherwise). Growing copies the cache: prefill reserves room for a reply up front.
+GROWTH_BLOCK = 256
+MAX_GROWTH = 65536
 
 
 def _key_mask(lengths: list[int], n_keys: int, device) -> torch.Tensor | None:
@@ -45,7 +50,7 @@ class GrowingKV:
     def _reserve(self, needed: int) -> None:
         if needed <= self.capacity:
             return
-        step = max(GROWTH_BLOCK, self.capacity)
+        step = min(max(GROWTH_BLOCK, self.capacity), MAX_GROWTH)
         new_capacity = -(-needed // step) * step
         grow = new_capacity - self.capacity
         pad = self.keys.new_zeros(*self.keys.shape[:2], grow, self.keys.shape[-1])
@@ -88,6 +93,18 @@ class GrowingKV:
 
     def allocated_nbytes(self) -> int:
         return 2 * self.keys.numel() * self.keys.element_size()
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """What a saved cache keeps of this store: the filled positions only."""
+        end = max(self.lengths)
+        return {"keys": self.keys[:, :, :end].contiguous(), "values": self.values[:, :, :end].contiguous()}
+
+    def load_tensors(self, tensors: dict[str, torch.Tensor], lengths: list[int]) -> None:
+        end = tensors["keys"].shape[2]
+        self._reserve(end)
+        self.keys[:, :, :end] = tensors["keys"]
+        self.values[:, :, :end] = tensors["values"]
+        self.lengths = list(lengths)
 
     @classmethod
     def stack(cls, stores: list["GrowingKV"]) -> "GrowingKV":
@@ -166,6 +183,14 @@ class WindowKV:
     def nbytes(self) -> int:
         return 2 * self.keys.numel() * self.keys.element_size()
 
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"keys": self.keys, "values": self.values}
+
+    def load_tensors(self, tensors: dict[str, torch.Tensor], lengths: list[int]) -> None:
+        self.keys.copy_(tensors["keys"])
+        self.values.copy_(tensors["values"])
+        self.lengths = list(lengths)
+
     @classmethod
     def stack(cls, stores: list["WindowKV"]) -> "WindowKV":
         first = stores[0]
@@ -190,6 +215,13 @@ class RecurrentState:
 
     def nbytes(self) -> int:
         return self.state.numel() * self.state.element_size()
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"state": self.state}
+
+    def load_tensors(self, tensors: dict[str, torch.Tensor], lengths: list[int]) -> None:
+        self.state.copy_(tensors["state"])
+        self.lengths = list(lengths)
 
     @classmethod
     def stack(cls, stores: list["RecurrentState"]) -> "RecurrentState":

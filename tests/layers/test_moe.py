@@ -13,7 +13,15 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers.modeling_outputs import MoeCausalLMOutputWithPast
 
 import yoco
-from tests.helpers import MODEL_KINDS, sharpen_attention, tiny_config, tiny_model, train_briefly
+from tests.helpers import (
+    MODEL_KINDS,
+    cached_logits,
+    greedy_by_full_forward,
+    sharpen_attention,
+    tiny_config,
+    tiny_model,
+    train_briefly,
+)
 from yoco.layers.moe import MHMoE, MoE, expert_statistics, mhmoe_intermediate_size
 from yoco.models.base import DecoderConfig
 from yoco.train.loop import train, training_objective
@@ -280,24 +288,12 @@ def test_cached_prefill_and_steps_equal_the_full_forward(kind, ffn):
     ids = torch.randint(0, 99, (2, 30), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         full = model(ids).logits
-        cache = model.new_cache(2, 0)
-        pieces = [model(ids[:, :13], cache=cache).logits]  # chunked prefill
-        pieces += [model(ids[:, 13:20], cache=cache).logits]
-        pieces += [model(ids[:, i : i + 1], cache=cache).logits for i in range(20, 30)]  # steps
     # Sharpened attention, logits of spread (std) 0.11-0.12: max difference measured 5.1e-7
     # (transformer, MoE), 2.2e-7 - 3.4e-7 for the others. Bound: 3x the largest.
-    torch.testing.assert_close(torch.cat(pieces, 1), full, atol=1.5e-6, rtol=0)
+    torch.testing.assert_close(cached_logits(model, ids), full, atol=1.5e-6, rtol=0)
     prompt = ids[0, :12].tolist()
     expected = greedy_by_full_forward(model, prompt, 6)
     assert yoco.generate(model, [prompt], 6)[0] == expected
-
-
-@torch.no_grad()
-def greedy_by_full_forward(model, prompt: list[int], new_tokens: int) -> list[int]:
-    ids = list(prompt)
-    for _ in range(new_tokens):
-        ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
-    return ids[len(prompt) :]
 
 
 def switch_aux_by_hand(model, ids: torch.Tensor) -> torch.Tensor:
@@ -390,19 +386,6 @@ def test_expert_statistics_summarise_the_last_forward():
     assert expert_statistics(tiny_model("transformer")) == {}
 
 
-@pytest.fixture
-def small_corpus(tmp_path):
-    texts = tmp_path / "texts"
-    texts.mkdir()
-    for i in range(30):
-        (texts / f"doc{i:02d}.txt").write_text(f"def function_{i}(x):\n    return x * {i} + {i * 7}\n" * 3)
-    lines = tmp_path / "records.jsonl"
-    lines.write_text(
-        "\n".join(json.dumps({"text": f"record {i}: " + "abc " * (i % 5 + 1)}) for i in range(40))
-    )
-    return texts, lines
-
-
 def moe_run_config(corpus, steps: int, **more):
     return tiny_config(
         corpus,
@@ -421,8 +404,8 @@ def records_of(run_dir) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_the_training_loop_logs_expert_statistics(small_corpus, tmp_path):
-    train(moe_run_config(small_corpus, 3), tmp_path / "run", show_progress=False)
+def test_the_training_loop_logs_expert_statistics(corpus, tmp_path):
+    train(moe_run_config(corpus, 3), tmp_path / "run", show_progress=False)
     records = records_of(tmp_path / "run")
     assert [r["step"] for r in records] == [1, 2, 3]
     for record in records:  # tiny yoco: one self-decoder and one cross-decoder block
@@ -438,8 +421,8 @@ def test_the_training_loop_logs_expert_statistics(small_corpus, tmp_path):
         assert record["moe_aux_loss"] > 0
 
 
-def test_moe_runs_resume_exactly(small_corpus, tmp_path):
-    config = moe_run_config(small_corpus, 4)
+def test_moe_runs_resume_exactly(corpus, tmp_path):
+    config = moe_run_config(corpus, 4)
     train(config, tmp_path / "straight", show_progress=False)
     train(config, tmp_path / "split", stop_at=2, show_progress=False)
     train(config, tmp_path / "split", resume=True, show_progress=False)
@@ -454,7 +437,7 @@ def test_moe_runs_resume_exactly(small_corpus, tmp_path):
     assert without_timing("split") == without_timing("straight")  # identical, expert statistics too
 
 
-def test_the_trainer_logs_cross_entropy_and_trains_on_the_aux_term(small_corpus, tmp_path):
+def test_the_trainer_logs_cross_entropy_and_trains_on_the_aux_term(corpus, tmp_path):
     """Runs that differ only in router_aux_loss_coef (0 and 1), which enters the training
     objective only. At learning rate 0 (the weights never move) the logged training and
     validation losses and expert statistics are the same, and would be larger by the aux loss
@@ -463,7 +446,7 @@ def test_the_trainer_logs_cross_entropy_and_trains_on_the_aux_term(small_corpus,
     same, the second's differs, since the first update followed the aux term."""
 
     def run(name, coef, **more):
-        config = moe_run_config(small_corpus, 2, **{"model.router_aux_loss_coef": coef, **more})
+        config = moe_run_config(corpus, 2, **{"model.router_aux_loss_coef": coef, **more})
         assert config.model["router_aux_loss_coef"] == float(coef)
         train(config, tmp_path / name, show_progress=False)
         return [

@@ -5,7 +5,8 @@ import torch
 
 import yoco
 from tests.helpers import TINY, tiny_model
-from yoco.cache import GROWTH_BLOCK, GrowingKV
+from yoco.cache import GROWTH_BLOCK, MAX_GROWTH, GrowingKV
+from yoco.inference.engine import REPLY_ROOM
 
 
 def per_token_kv_bytes(model) -> int:
@@ -52,6 +53,26 @@ def test_capacity_reserved_up_front_never_moves():
         model(torch.tensor([[token]]), cache=cache)
     assert cache.shared_kv.keys.data_ptr() == pointer
     assert cache.lengths == [60]
+
+
+def test_a_large_cache_grows_by_a_bounded_block():
+    # One head of width 1 keeps this at a few MB while the capacities are those of a long context.
+    store = GrowingKV(1, 1, 1, torch.float32, "cpu", capacity=3 * MAX_GROWTH)
+    store.append(torch.zeros(1, 1, 3 * MAX_GROWTH, 1), torch.zeros(1, 1, 3 * MAX_GROWTH, 1))
+    store.append(torch.ones(1, 1, 1, 1), torch.ones(1, 1, 1, 1))  # one past capacity
+    assert store.capacity == 4 * MAX_GROWTH  # not doubled to 6x
+    assert store.keys[0, 0, 3 * MAX_GROWTH, 0] == 1 and store.lengths == [3 * MAX_GROWTH + 1]
+
+
+@pytest.mark.parametrize("kind", ["yoco-gret", "transformer"])
+def test_steps_after_a_default_prefill_write_in_place(kind):
+    model = tiny_model(kind)
+    _, cache = yoco.prefill(model, [t % 99 for t in range(300)], chunk_size=128)
+    store = cache.shared_kv if kind == "yoco-gret" else cache.kv[0]
+    pointer = store.keys.data_ptr()
+    for token in range(REPLY_ROOM // 8):
+        model(torch.tensor([[token % 99]]), cache=cache)
+    assert store.keys.data_ptr() == pointer and cache.lengths == [300 + REPLY_ROOM // 8]
 
 
 def test_growing_kv_returns_what_was_appended():

@@ -3,6 +3,10 @@
 The prompt is encoded, and the output decoded, with the tokenizer saved beside the model (a
 training run saves it in every checkpoint). A random preset, or a saved model without a
 tokenizer whose vocabulary is the byte-level one, uses ``yoco.tokenizer.byte_tokenizer()``.
+
+Kept contexts: ``--prompt-file DOC --save-cache DOC.cache`` processes a long document once and
+saves its cache (:mod:`yoco.inference.saved_cache`); ``--load-cache DOC.cache --prompt
+QUESTION`` later continues from it, so only the question is prefilled.
 """
 
 import argparse
@@ -14,6 +18,7 @@ import torch
 from transformers import TextStreamer
 
 import yoco
+from yoco.inference.engine import check_prompt, decode
 from yoco.inference.sampling import check_sampling
 from yoco.models import KINDS, PRESETS, build
 from yoco.models.pretrained import load_pretrained
@@ -66,7 +71,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--arch", default="yoco-gret", help=f"with --config: a model name, {', '.join(KINDS)}, +parts"
     )
-    parser.add_argument("--prompt", required=True)
+    prompt = parser.add_mutually_exclusive_group(required=True)
+    prompt.add_argument("--prompt", help="the prompt text")
+    prompt.add_argument("--prompt-file", help="read the prompt from this UTF-8 text file")
+    parser.add_argument(
+        "--save-cache", metavar="PATH", help="save the cache after the prompt (a kept context)"
+    )
+    parser.add_argument(
+        "--load-cache",
+        metavar="PATH",
+        help="continue a kept context saved by --save-cache: the prompt follows it",
+    )
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     parser.add_argument("--top-k", type=int)
@@ -82,25 +97,47 @@ def main(argv: list[str] | None = None) -> None:
     if args.prefill_chunk_size is not None and args.prefill_chunk_size < 1:
         raise ValueError(f"prefill chunk size must be >= 1, got {args.prefill_chunk_size}")
     check_sampling(args.temperature, args.top_k, args.top_p)
-    if not args.prompt:
+    text = Path(args.prompt_file).read_text(encoding="utf-8") if args.prompt_file else args.prompt
+    if not text:
         raise ValueError("prompt is empty: give at least one character")
     model, tokenizer = load_model(args.model, args.config, args.arch, DTYPES[args.dtype])
     # As training tokenizes its documents: no special tokens added.
-    prompt = tokenizer(args.prompt, add_special_tokens=False)["input_ids"]
+    prompt = tokenizer(text, add_special_tokens=False)["input_ids"]
+    room = len(prompt) + args.max_new_tokens
+    cache = yoco.load_cache(model, args.load_cache, room=room) if args.load_cache else None
+    context = max(cache.lengths) if cache is not None else 0
+    check_prompt(model, prompt, args.max_new_tokens, context)
+    start = time.perf_counter()
+    logits, cache = yoco.prefill(
+        model, prompt, args.prefill_chunk_size, capacity=room, cache=cache, progress=True
+    )
+    prefill_seconds = time.perf_counter() - start
+    print(
+        f"[prefill: {len(prompt)} tokens after {context} kept in {prefill_seconds:.2f}s, "
+        f"{len(prompt) / prefill_seconds:.1f} tokens/s; cache {cache.nbytes() / 2**20:.1f} MiB]",
+        file=sys.stderr,
+    )
+    if args.save_cache:
+        ids = prompt if not args.load_cache else None  # a continued context's earlier ids are not known here
+        print(
+            f"[cache saved: {yoco.save_cache(model, cache, args.save_cache, token_ids=ids)}]", file=sys.stderr
+        )
+
     eos = tokenizer.eos_token_id
     streamer = StdoutStreamer(tokenizer)
-    sys.stdout.write(args.prompt)
+    sys.stdout.write(text if not args.prompt_file else "")
+    generator = torch.Generator().manual_seed(args.seed) if args.seed is not None else None
     start, count = time.perf_counter(), 0
-    for step in yoco.stream_generate(
+    for step in decode(
         model,
-        [prompt],
+        logits,
+        cache,
         args.max_new_tokens,
         temperature=args.temperature,
         top_k=args.top_k,
         top_p=args.top_p,
-        stop_token_ids=None if eos is None else [eos],
-        prefill_chunk_size=args.prefill_chunk_size,
-        seed=args.seed,
+        stop_token_ids=() if eos is None else [eos],
+        generator=generator,
     ):
         token = step[0]
         if token is None:

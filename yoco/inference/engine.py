@@ -18,6 +18,7 @@ import operator
 from collections.abc import Iterator, Sequence
 
 import torch
+from tqdm import tqdm
 
 from yoco.cache import ModelCache
 from yoco.inference.sampling import check_sampling, sample_next
@@ -54,46 +55,67 @@ def _ints(prompt) -> list[int]:
         raise TypeError(f"token ids must be integers, got {type(bad).__name__} {bad!r}") from None
 
 
-def check_prompt(model, prompt: Sequence[int], extra_tokens: int = 0) -> None:
+def check_prompt(model, prompt: Sequence[int], extra_tokens: int = 0, context: int = 0) -> None:
     """Raise ValueError if the prompt is empty, has ids outside the vocabulary, or would run
-    past ``max_position_embeddings`` once ``extra_tokens`` more are generated."""
+    past ``max_position_embeddings`` after ``context`` tokens already in a cache and once
+    ``extra_tokens`` more are generated."""
     config = model.config
     if len(prompt) == 0:
         raise ValueError("prompt is empty: give at least one token")
     bad = [t for t in prompt if not 0 <= t < config.vocab_size]
     if bad:
         raise ValueError(f"token id {bad[0]} is outside the vocabulary [0, {config.vocab_size})")
-    total = len(prompt) + extra_tokens
+    total = context + len(prompt) + extra_tokens
     if total > config.max_position_embeddings:
+        kept = f"a cache of {context} tokens + " if context else ""
         raise ValueError(
-            f"prompt of {len(prompt)} tokens + {extra_tokens} new tokens = {total} exceeds "
+            f"{kept}prompt of {len(prompt)} tokens + {extra_tokens} new tokens = {total} exceeds "
             f"max_position_embeddings={config.max_position_embeddings}"
         )
 
 
+REPLY_ROOM = 1024  # tokens prefill reserves after the prompt unless told the capacity
+
+
 @torch.no_grad()
 def prefill(
-    model, input_ids, chunk_size: int | None = None, capacity: int | None = None
+    model,
+    input_ids,
+    chunk_size: int | None = None,
+    capacity: int | None = None,
+    cache: ModelCache | None = None,
+    progress: bool = False,
 ) -> tuple[torch.Tensor, ModelCache]:
-    """Run a prompt (N,) or a batch of equal-length prompts (B, N) into a fresh cache.
+    """Run a prompt (N,) or a batch of equal-length prompts (B, N) into a fresh cache, or on
+    from the end of ``cache`` (a kept context: the prompt continues it).
 
     Returns the logits for the last position (B, vocab) and the cache. ``capacity`` reserves
-    room for that many tokens up front (default: the prompt), so later appends do not grow it.
+    room for that many tokens up front (default: the prompt and ``REPLY_ROOM`` more), so the
+    steps that follow write in place: growing a cache copies it, 2 GiB at 1M tokens.
+    ``progress`` shows a bar over the prompt's chunks (a 1M-token prompt takes minutes).
     """
     ids = torch.as_tensor(_as_prompts(input_ids) if not isinstance(input_ids, torch.Tensor) else input_ids)
     ids = _integer_ids(ids).to(model.device)
     ids = ids[None] if ids.dim() == 1 else ids
+    context = max(cache.lengths) if cache is not None else 0
     for row in ids.tolist():
-        check_prompt(model, row)
+        check_prompt(model, row, context=context)
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     n = ids.shape[1]
-    cache = model.new_cache(ids.shape[0], capacity or n)
+    if cache is None:
+        cache = model.new_cache(ids.shape[0], capacity or n + REPLY_ROOM)
+    else:
+        cache.check_step(ids.shape[0], n, model.dtype)
     step = chunk_size or n
+    bar = tqdm(total=n, desc="prefill", unit="tok", unit_scale=True, disable=not progress, leave=False)
     for start in range(0, n - step, step):  # every chunk but the last: fill the cache only
         model(ids[:, start : start + step], cache=cache, logits_to_keep=NO_LOGITS)
+        bar.update(step)
     last_chunk = ids[:, ((n - 1) // step) * step :]
     logits = model(last_chunk, cache=cache, logits_to_keep=1).logits[:, -1]
+    bar.update(last_chunk.shape[1])
+    bar.close()
     return logits, cache
 
 
@@ -120,7 +142,7 @@ def stream_generate(
     check_sampling(temperature, top_k, top_p)
     for prompt in prompts:
         check_prompt(model, prompt, max_new_tokens)
-    stops = set(stop_token_ids or ())
+    stops = stop_token_ids or ()
     generator = None
     if seed is not None:
         generator = torch.Generator(device=model.device).manual_seed(seed)
@@ -131,8 +153,27 @@ def stream_generate(
         logits.append(last)
         caches.append(cache)
     cache = caches[0] if len(caches) == 1 else type(caches[0]).stack(caches)
-    logits = torch.cat(logits)
-    done = [False] * len(prompts)
+    yield from decode(
+        model, torch.cat(logits), cache, max_new_tokens, temperature, top_k, top_p, stops, generator
+    )
+
+
+@torch.no_grad()
+def decode(
+    model,
+    logits: torch.Tensor,
+    cache: ModelCache,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    stop_token_ids=(),
+    generator: torch.Generator | None = None,
+) -> Iterator[list[int | None]]:
+    """The decoding loop after a prefill: sample a token per row from ``logits`` (B, vocab),
+    yield them (None for rows that have stopped), run them through ``cache``, repeat."""
+    stops = set(stop_token_ids)
+    done = [False] * logits.shape[0]
     for step in range(max_new_tokens):
         tokens = sample_next(logits, temperature, top_k, top_p, generator)
         emitted = [None if d else t for d, t in zip(done, tokens.tolist(), strict=True)]
