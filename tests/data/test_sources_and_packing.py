@@ -161,20 +161,27 @@ def test_copy_documents_repeat_a_span_at_any_distance_and_fill_their_length():
     assert len(list_documents("copy:16:1")[0].text()) == 15  # the shortest: a 2-byte span
     with pytest.raises(DataError, match="at least 16"):
         list_documents("copy:15")
-    with pytest.raises(DataError, match=re.escape("use copy:LENGTH[:COUNT[:SPAN]]")):
-        list_documents("copy:128:3:9:1")
+    with pytest.raises(DataError, match=re.escape("use copy:LENGTH[:COUNT[:SPAN[:MAX_DISTANCE]]]")):
+        list_documents("copy:128:3:9:20:1")
     with pytest.raises(DataError, match=re.escape("use needle:LENGTH[:COUNT]")):
         list_documents("needle:128:3:9")
 
 
-def test_a_copy_source_takes_the_span_it_repeats():
-    for doc in list_documents("copy:128:20:32"):
-        made = copy_document(int(doc.doc_id.rsplit(":", 1)[1]), 128, span=32)
-        assert doc.text() == made.text and made.span == 32 and 32 <= made.distance <= 95
+def test_a_copy_source_takes_the_span_it_repeats_and_how_far_back():
+    distances = []
+    for doc in list_documents("copy:128:200:32:64"):
+        made = copy_document(int(doc.doc_id.rsplit(":", 1)[1]), 128, span=32, max_distance=64)
+        assert doc.text() == made.text and made.span == 32
         repeat = made.start + made.distance
         assert made.text[repeat : repeat + 32] == made.text[made.start : made.start + 32]
+        distances.append(made.distance)
+    assert min(distances) == 32 and max(distances) == 64
+    # Without a max distance, repeats reach as far as the document allows (127 - 32 = 95).
+    assert max(copy_document(i, 128, span=32).distance for i in range(200)) > 85
     with pytest.raises(DataError, match=re.escape("a copy span must be 1 .. (length - 1) // 2 = 63, got 64")):
         list_documents("copy:128:3:64")
+    with pytest.raises(DataError, match=re.escape("max distance must be 32 .. 95 (span .. length - 1 - span), got 96")):
+        list_documents("copy:128:3:32:96")
 
 
 def size_config(tmp_path, text, **sections):

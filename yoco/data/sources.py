@@ -4,7 +4,7 @@
   its ``text`` field), a ``.parquet`` file (a ``text`` column), a folder of such files,
   ``"stdlib"``: the Python standard library's own sources, the embedded default corpus, or a
   synthetic source of COUNT seeded documents of exactly LENGTH bytes (with their EOS):
-  ``"needle:LENGTH[:COUNT]"`` or ``"copy:LENGTH[:COUNT[:SPAN]]"`` (:mod:`yoco.data.synthetic`).
+  ``"needle:LENGTH[:COUNT]"`` or ``"copy:LENGTH[:COUNT[:SPAN[:MAX_DISTANCE]]]"`` (:mod:`yoco.data.synthetic`).
 * Each document has a stable id (``path`` or ``path:row``); hashing it puts the document in the
   validation split or not, so the split is disjoint and the same on every run.
 """

@@ -149,31 +149,43 @@ class CopyDocument:
     span: int  # its length
 
 
-def copy_document(index: int, length: int, span: int | None = None) -> CopyDocument:
+def copy_document(
+    index: int, length: int, span: int | None = None, max_distance: int | None = None
+) -> CopyDocument:
     """``length - 1`` random printable ASCII bytes (the EOS makes ``length``) in which a span of
-    ``span`` bytes (default ``length // 8``) reappears later, its copy starting a distance drawn uniformly from
-    ``span .. length - 1 - span`` bytes after the original starts. Only a model that looks the
-    span up by content predicts the repeat. Every printable byte is a copy target, digits
-    included: a model that only ever copied letters did not copy the needle's digits. The
-    distance covers the whole document: with repeats only 1/4 to 1/2 of the length back, a
-    needle model retrieved over those distances and rarely over longer or shorter ones."""
+    ``span`` bytes (default ``length // 8``) reappears later, its copy starting a distance drawn
+    uniformly from ``span .. max_distance`` bytes after the original starts (default: as far as
+    the document allows, ``length - 1 - span``). Only a model that looks the span up by content
+    predicts the repeat. Every printable byte is a copy target, digits included: a model that
+    only ever copied letters did not copy the needle's digits. By default the distance covers
+    the whole document: with repeats only 1/4 to 1/2 of the length back, a needle model
+    retrieved over those distances and rarely over longer or shorter ones. A model learning to
+    copy from scratch needs the opposite, short distances (see the ``copy`` recipe)."""
     if length < 16:
         raise ValueError(f"copy documents need a length of at least 16, got {length}")
     span = length // 8 if span is None else span
     if not 1 <= span <= (length - 1) // 2:
         raise ValueError(f"a copy span must be 1 .. (length - 1) // 2 = {(length - 1) // 2}, got {span}")
+    farthest = length - 1 - span  # so the copy ends before the EOS
+    max_distance = farthest if max_distance is None else max_distance
+    if not span <= max_distance <= farthest:
+        raise ValueError(
+            f"a copy's max distance must be {span} .. {farthest} (span .. length - 1 - span), got {max_distance}"
+        )
     rng = random.Random(f"copy-train:{index}")
     text = [rng.choice(PRINTABLE) for _ in range(length - 1)]
-    distance = rng.randint(span, length - 1 - span)  # so the copy ends before the EOS
+    distance = rng.randint(span, max_distance)
     start = rng.randint(0, length - 1 - span - distance)
     text[start + distance : start + distance + span] = text[start : start + span]
     return CopyDocument("".join(text), start, distance, span)
 
 
-def copy_training_text(index: int, length: int, span: int | None = None) -> str:
-    return copy_document(index, length, span).text
+def copy_training_text(
+    index: int, length: int, span: int | None = None, max_distance: int | None = None
+) -> str:
+    return copy_document(index, length, span, max_distance).text
 
 
 # Synthetic sources by name: (row, length, **options) -> document text, and the names of the
-# integer options a source spec may add after LENGTH:COUNT (copy:128:200000:32).
-SYNTHETIC = {"needle": (needle_training_text, ()), "copy": (copy_training_text, ("span",))}
+# integer options a source spec may add after LENGTH:COUNT (copy:128:200000:32:64).
+SYNTHETIC = {"needle": (needle_training_text, ()), "copy": (copy_training_text, ("span", "max_distance"))}

@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     copy.add_argument("--model", required=True)
     copy.add_argument("--length", type=int, default=128, help="document length in bytes")
     copy.add_argument("--span", type=int, help="bytes repeated (default length // 8, as copy:LENGTH)")
+    copy.add_argument("--max-distance", type=int, help="farthest repeat (default: the whole document)")
     copy.add_argument("--documents", type=int, default=256)
     copy.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
 
@@ -179,9 +180,9 @@ def main(argv: list[str] | None = None) -> None:
     elif args.task == "copy":
         from yoco.eval.copy import check_copy_options, copy_accuracy
 
-        check_copy_options(args.length, args.documents, args.span)
+        check_copy_options(args.length, args.documents, args.span, args.max_distance)
         model, tokenizer = _load(args.model, args.dtype)
-        result = copy_accuracy(model, tokenizer, args.length, args.documents, args.span)
+        result = copy_accuracy(model, tokenizer, args.length, args.documents, args.span, args.max_distance)
         print(json.dumps(result))
     else:
         run_mqar(args, argv)

@@ -17,22 +17,30 @@ HELD_OUT = 10**9  # first row number scored: training sources use rows 0 .. COUN
 WARMUP = 2  # the repeat's first bytes cannot be told from chance: the lookup needs a prefix
 
 
-def check_copy_options(length: int, documents: int, span: int | None = None) -> None:
+def check_copy_options(
+    length: int, documents: int, span: int | None = None, max_distance: int | None = None
+) -> None:
     if documents < 1:
         raise ValueError(f"documents must be >= 1, got {documents}")
-    copy_document(0, length, span)  # raises ValueError naming a bad length or span
+    copy_document(0, length, span, max_distance)  # raises ValueError naming a bad length, span or distance
 
 
 @torch.no_grad()
 def copy_accuracy(
-    model, tokenizer, length: int = 128, documents: int = 256, span: int | None = None, batch_size: int = 32
+    model,
+    tokenizer,
+    length: int = 128,
+    documents: int = 256,
+    span: int | None = None,
+    max_distance: int | None = None,
+    batch_size: int = 32,
 ) -> dict:
     """Teacher-forced accuracy on the repeated bytes after the first ``WARMUP`` of each repeat,
     over ``documents`` held-out copy documents of ``length`` bytes with a ``span``-byte repeat
-    (default ``length // 8``, as the copy source). Needs a byte-level
+    at most ``max_distance`` back (defaults as the copy source's). Needs a byte-level
     tokenizer (one token per character), so that document positions are token positions."""
-    check_copy_options(length, documents, span)
-    docs = [copy_document(HELD_OUT + i, length, span) for i in range(documents)]
+    check_copy_options(length, documents, span, max_distance)
+    docs = [copy_document(HELD_OUT + i, length, span, max_distance) for i in range(documents)]
     hits, asked = 0, 0
     for first in tqdm(range(0, documents, batch_size), desc=f"copy {length}", leave=False):
         batch = docs[first : first + batch_size]
@@ -49,6 +57,7 @@ def copy_accuracy(
     return {
         "length": length,
         "span": docs[0].span,
+        "max_distance": max_distance,
         "documents": documents,
         "accuracy": hits / asked,
         "chance": 1 / len(PRINTABLE),
