@@ -180,7 +180,9 @@ def test_a_copy_source_takes_the_span_it_repeats_and_how_far_back():
     assert max(copy_document(i, 128, span=32).distance for i in range(200)) > 85
     with pytest.raises(DataError, match=re.escape("a copy span must be 1 .. (length - 1) // 2 = 63, got 64")):
         list_documents("copy:128:3:64")
-    with pytest.raises(DataError, match=re.escape("max distance must be 32 .. 95 (span .. length - 1 - span), got 96")):
+    with pytest.raises(
+        DataError, match=re.escape("max distance must be 32 .. 95 (span .. length - 1 - span), got 96")
+    ):
         list_documents("copy:128:3:32:96")
 
 
