@@ -7,19 +7,13 @@ from pathlib import Path
 
 
 def _load(path: str, dtype: str):
-    """A saved model and its tokenizer (the byte tokenizer for byte-vocabulary models saved
-    without one): a save_pretrained or checkpoint folder, or a run folder's latest checkpoint."""
+    """A saved model and its tokenizer (:func:`yoco.models.pretrained.load_pretrained`): a
+    save_pretrained or checkpoint folder, or a run folder's latest checkpoint."""
     import torch
 
     from yoco.models.pretrained import load_pretrained
-    from yoco.tokenizer import BYTE_VOCAB_SIZE, byte_tokenizer
 
-    model, tokenizer = load_pretrained(path, getattr(torch, dtype))
-    if tokenizer is None:
-        if model.config.vocab_size != BYTE_VOCAB_SIZE:
-            raise ValueError(f"{path} holds no tokenizer, and its vocabulary is not the byte vocabulary")
-        tokenizer = byte_tokenizer()
-    return model, tokenizer
+    return load_pretrained(path, getattr(torch, dtype))
 
 
 def mqar_table(rows: list[dict]) -> str:

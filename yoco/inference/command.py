@@ -22,31 +22,19 @@ from yoco.inference.engine import check_prompt, decode
 from yoco.inference.sampling import check_sampling
 from yoco.models import KINDS, PRESETS, build
 from yoco.models.pretrained import load_pretrained
-from yoco.tokenizer import BYTE_VOCAB_SIZE, byte_tokenizer
-from yoco.train.checkpoint import find_weights
+from yoco.tokenizer import byte_tokenizer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def load_model(path: str | None, preset: str | None, architecture: str, dtype: torch.dtype):
-    """(model in eval mode, its tokenizer): the saved one, or the byte-level tokenizer for a
-    random preset and for a saved model without one whose vocabulary is the byte vocabulary."""
+    """(model in eval mode, its tokenizer): a saved one with its saved tokenizer
+    (:func:`yoco.models.pretrained.load_pretrained`), or a random preset with the byte-level one."""
     if path:
-        model, tokenizer = load_pretrained(path, dtype)
-    else:
-        torch.manual_seed(0)
-        model = build(architecture, preset, where_applicable={"sliding_window": 256})
-        model, tokenizer = model.to(dtype).eval(), None
-    if tokenizer is None:
-        vocab_size = model.config.vocab_size
-        if vocab_size != BYTE_VOCAB_SIZE:
-            raise ValueError(
-                f"{find_weights(Path(path))} has no tokenizer saved and its vocabulary of {vocab_size} "
-                f"tokens is not the byte-level one ({BYTE_VOCAB_SIZE}); save the tokenizer it was "
-                "trained with beside it (tokenizer.save_pretrained)"
-            )
-        tokenizer = byte_tokenizer()
-    return model, tokenizer
+        return load_pretrained(path, dtype)
+    torch.manual_seed(0)
+    model = build(architecture, preset, where_applicable={"sliding_window": 256})
+    return model.to(dtype).eval(), byte_tokenizer()
 
 
 class StdoutStreamer(TextStreamer):

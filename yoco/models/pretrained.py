@@ -19,6 +19,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from yoco.models.retnet import RetNetConfig
 from yoco.models.transformer import TransformerConfig
 from yoco.models.yoco import YocoConfig
+from yoco.tokenizer import BYTE_VOCAB_SIZE, byte_tokenizer
 from yoco.train.checkpoint import find_weights
 
 OUR_MODEL_TYPES = (YocoConfig.model_type, TransformerConfig.model_type, RetNetConfig.model_type)
@@ -26,9 +27,10 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
 def load_pretrained(path: str | Path, dtype: torch.dtype = torch.float32):
-    """(model in eval mode, tokenizer or None) from a ``save_pretrained`` folder, a checkpoint
-    folder, or a run folder (its latest checkpoint). The tokenizer is None when the folder has
-    none saved."""
+    """(model in eval mode, tokenizer) from a ``save_pretrained`` folder, a checkpoint folder, or
+    a run folder (its latest checkpoint). The tokenizer is the one saved beside the weights (a
+    training run saves it in every checkpoint), or the byte-level tokenizer for a model of the
+    byte vocabulary saved without one; any other model without a tokenizer is refused."""
     folder = find_weights(Path(path))
     config_file, weights_file = folder / "config.json", folder / "model.safetensors"
     if not config_file.is_file():
@@ -57,7 +59,12 @@ def load_pretrained(path: str | Path, dtype: torch.dtype = torch.float32):
             f"{weights_file} does not hold the weights {config_file} describes "
             f"({len(wrong)} missing or of the wrong shape, e.g. {sorted(wrong)[0]})"
         )
-    tokenizer = None
     if any((folder / name).is_file() for name in TOKENIZER_FILES):
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-    return model.eval(), tokenizer
+        return model.eval(), AutoTokenizer.from_pretrained(folder)
+    if config.vocab_size != BYTE_VOCAB_SIZE:
+        raise ValueError(
+            f"{folder} has no tokenizer saved and its vocabulary of {config.vocab_size} tokens is not "
+            f"the byte-level one ({BYTE_VOCAB_SIZE}); save the tokenizer it was trained with beside it "
+            "(tokenizer.save_pretrained)"
+        )
+    return model.eval(), byte_tokenizer()
