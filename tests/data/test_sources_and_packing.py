@@ -137,13 +137,13 @@ def test_needle_documents_fill_whole_sequences_of_their_length():
         assert b"\nWhat is the special magic" in bytes(t for t in sequence if t < 256)
 
 
-def test_copy_documents_repeat_a_span_at_any_distance_and_fill_their_length():
+def test_copy_documents_repeat_a_span_at_any_distance_and_fill_their_sequence_without_an_eos():
     docs = list_documents("copy:128:4")
     assert [d.text() for d in docs] == [d.text() for d in list_documents("copy:128:4")]
     distances = []
     for doc in list_documents("copy:128:64"):
         text = doc.text()
-        assert len(text) == 127 and all(" " <= c <= "~" for c in text)  # printable ASCII; + EOS = 128
+        assert len(text) == 128 and all(" " <= c <= "~" for c in text)  # printable ASCII
         # Some 16-byte span reappears later; random bytes repeat 16 in a row by chance ~never.
         found = [
             (i, text.index(text[i : i + 16], i + 16))
@@ -152,13 +152,16 @@ def test_copy_documents_repeat_a_span_at_any_distance_and_fill_their_length():
         ]
         assert found
         distances.append(found[0][1] - found[0][0])
-    # Distances run from the span's length to the whole document (16..111), not one band of it.
+    # Distances run from the span's length to the whole document (16..112), not one band of it.
     assert min(distances) < 40 and max(distances) > 90, sorted(distances)
     every_byte = "".join(d.text() for d in list_documents("copy:128:32"))
     assert set(string.digits) <= set(every_byte)  # digits are copy targets too
-    stream = PackedStream(docs, encode_bytes, EOS_ID, seq_len=128, seed=0)
-    assert stream.next_sequence()[-1] == EOS_ID
-    assert len(list_documents("copy:16:1")[0].text()) == 15  # the shortest: a 2-byte span
+    # No EOS: every sequence of seq_len = LENGTH is one whole document, and nothing in it can be
+    # predicted from its position alone.
+    stream = PackedStream(docs, encode_bytes, EOS_ID, seq_len=128, seed=0, shuffle=False)
+    for doc in docs:
+        assert stream.next_sequence() == encode_bytes(doc.text())
+    assert len(list_documents("copy:16:1")[0].text()) == 16  # the shortest: a 2-byte span
     with pytest.raises(DataError, match="at least 16"):
         list_documents("copy:15")
     with pytest.raises(DataError, match=re.escape("use copy:LENGTH[:COUNT[:SPAN[:MAX_DISTANCE]]]")):
@@ -176,14 +179,14 @@ def test_a_copy_source_takes_the_span_it_repeats_and_how_far_back():
         assert made.text[repeat : repeat + 32] == made.text[made.start : made.start + 32]
         distances.append(made.distance)
     assert min(distances) == 32 and max(distances) == 64
-    # Without a max distance, repeats reach as far as the document allows (127 - 32 = 95).
+    # Without a max distance, repeats reach as far as the document allows (128 - 32 = 96).
     assert max(copy_document(i, 128, span=32).distance for i in range(200)) > 85
-    with pytest.raises(DataError, match=re.escape("a copy span must be 1 .. (length - 1) // 2 = 63, got 64")):
-        list_documents("copy:128:3:64")
+    with pytest.raises(DataError, match=re.escape("a copy span must be 1 .. length // 2 = 64, got 65")):
+        list_documents("copy:128:3:65")
     with pytest.raises(
-        DataError, match=re.escape("max distance must be 32 .. 95 (span .. length - 1 - span), got 96")
+        DataError, match=re.escape("max distance must be 32 .. 96 (span .. length - span), got 97")
     ):
-        list_documents("copy:128:3:32:96")
+        list_documents("copy:128:3:32:97")
 
 
 def size_config(tmp_path, text, **sections):

@@ -15,11 +15,11 @@ from yoco.tokenizer import byte_tokenizer
 
 
 @pytest.mark.parametrize("length", [16, 128, 1024])
-def test_a_copy_document_repeats_its_span_before_the_eos(length):
+def test_a_copy_document_repeats_its_span_inside_its_length(length):
     for index in range(50):
         doc = copy_document(index, length)
-        assert len(doc.text) == length - 1 and set(doc.text) <= set(PRINTABLE)
-        assert doc.span == length // 8 and doc.span <= doc.distance <= length - 1 - doc.span
+        assert len(doc.text) == length and set(doc.text) <= set(PRINTABLE)
+        assert doc.span == length // 8 and doc.span <= doc.distance <= length - doc.span
         repeat = doc.start + doc.distance
         assert doc.text[repeat : repeat + doc.span] == doc.text[doc.start : doc.start + doc.span]
         assert repeat + doc.span <= len(doc.text)

@@ -1,8 +1,8 @@
 """Training sequences: documents packed into fixed-length token sequences, and mixed.
 
 * A :class:`PackedStream` reads a source's documents in a seeded order (reshuffled every
-  epoch), tokenises them as it goes and packs the tokens, with EOS between documents, into
-  sequences of exactly ``seq_len`` tokens.
+  epoch), tokenises them as it goes and packs the tokens, with an EOS after each document
+  (synthetic windows of random text excepted), into sequences of exactly ``seq_len`` tokens.
 * A :class:`Mixture` draws each sequence from one stream, picked with probability proportional
   to its weight by a seeded generator.
 
@@ -19,7 +19,8 @@ from yoco.data.sources import DataError, DocRef, list_documents, split_documents
 
 
 class PackedStream:
-    """Fixed-length token sequences from a list of documents, EOS after each document."""
+    """Fixed-length token sequences from a list of documents, EOS after each document that
+    takes one (``DocRef.eos``)."""
 
     def __init__(
         self,
@@ -50,7 +51,7 @@ class PackedStream:
         key = (self.epoch, self.doc_pos)
         if self._tokens_key != key:
             doc = self.docs[self._order_for(self.epoch)[self.doc_pos]]
-            self._tokens_key, self._tokens = key, self.tokenize(doc.text()) + [self.eos_id]
+            self._tokens_key, self._tokens = key, self.tokenize(doc.text()) + [self.eos_id] * doc.eos
         return self._tokens
 
     def next_sequence(self) -> list[int]:
@@ -132,7 +133,7 @@ def build_data(data_config, tokenizer) -> tuple[Mixture, PackedStream | None]:
 
 
 def count_tokens(docs: list[DocRef], tokenize: Callable[[str], list[int]], enough: int) -> tuple[int, bool]:
-    """(tokens, any text) of ``docs`` as a stream packs them (an EOS after each document), read
+    """(tokens, any text) of ``docs`` as a stream packs them (with their EOS), read
     in order until ``enough`` tokens and some non-whitespace text were seen: a large corpus
     costs a document or two, and a long document is tokenized by its prefix only."""
     count, text_seen = 0, False
@@ -145,7 +146,7 @@ def count_tokens(docs: list[DocRef], tokenize: Callable[[str], list[int]], enoug
         tokens = len(tokenize(text[:cap]))
         if len(text) > cap and count + tokens < enough:
             tokens = len(tokenize(text))
-        count += tokens + 1
+        count += tokens + doc.eos
     return count, text_seen
 
 

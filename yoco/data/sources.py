@@ -3,8 +3,9 @@
 * A *source* is a ``.txt`` file (one document), a ``.jsonl`` file (one document per line, in
   its ``text`` field), a ``.parquet`` file (a ``text`` column), a folder of such files,
   ``"stdlib"``: the Python standard library's own sources, the embedded default corpus, or a
-  synthetic source of COUNT seeded documents of exactly LENGTH bytes (with their EOS):
-  ``"needle:LENGTH[:COUNT]"`` or ``"copy:LENGTH[:COUNT[:SPAN[:MAX_DISTANCE]]]"`` (:mod:`yoco.data.synthetic`).
+  synthetic source of COUNT seeded documents of exactly LENGTH bytes: ``"needle:LENGTH[:COUNT]"``
+  (with their EOS) or ``"copy:LENGTH[:COUNT[:SPAN[:MAX_DISTANCE]]]"`` (windows of random text,
+  packed without one) (:mod:`yoco.data.synthetic`).
 * Each document has a stable id (``path`` or ``path:row``); hashing it puts the document in the
   validation split or not, so the split is disjoint and the same on every run.
 """
@@ -29,12 +30,13 @@ class DataError(ValueError):
 @dataclass(frozen=True)
 class DocRef:
     """Where to find one document: ``row`` is None for a whole ``.txt`` file; ``make`` builds a
-    synthetic document from its row number."""
+    synthetic document from its row number; ``eos``: whether the packer puts an EOS after it."""
 
     doc_id: str
     path: Path | None
     row: int | None = None
     make: Callable[[int], str] | None = None
+    eos: bool = True
 
     def text(self) -> str:
         if self.make is not None:
@@ -77,7 +79,8 @@ def list_documents(spec: str) -> list[DocRef]:
         return [DocRef(f"stdlib:{p.relative_to(root)}", p) for p in stdlib_source_files()]
     kind = spec.split(":", 1)[0]
     if kind in SYNTHETIC:
-        make, options = SYNTHETIC[kind]
+        synthetic = SYNTHETIC[kind]
+        make, options = synthetic.make, synthetic.options
         optional = "".join(f"[:{o.upper()}" for o in options) + "]" * len(options)
         usage = f"{kind}:LENGTH[:COUNT{optional}]"
         try:
@@ -94,7 +97,7 @@ def list_documents(spec: str) -> list[DocRef]:
             make(0)  # a length too short for the kind fails here, not mid-training
         except ValueError as error:
             raise DataError(f"data source {spec}: {error}") from error
-        return [DocRef(f"{spec}:{i}", None, i, make) for i in range(count)]
+        return [DocRef(f"{spec}:{i}", None, i, make, synthetic.eos) for i in range(count)]
     path = Path(spec)
     if not path.exists():
         raise DataError(f"data source {spec} does not exist")

@@ -7,6 +7,7 @@ Both are training sources (``needle:LENGTH[:COUNT]``, ``copy:LENGTH[:COUNT]`` in
 
 import functools
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from yoco.data.stdlib import stdlib_prose
@@ -143,7 +144,7 @@ PRINTABLE = "".join(map(chr, range(ord(" "), ord("~") + 1)))  # digits and punct
 
 @dataclass(frozen=True)
 class CopyDocument:
-    text: str  # length - 1 printable ASCII characters; with its EOS, length bytes
+    text: str  # exactly ``length`` printable ASCII characters, no EOS after them
     start: int  # where the span first appears
     distance: int  # how far after ``start`` it appears again
     span: int  # its length
@@ -152,30 +153,37 @@ class CopyDocument:
 def copy_document(
     index: int, length: int, span: int | None = None, max_distance: int | None = None
 ) -> CopyDocument:
-    """``length - 1`` random printable ASCII bytes (the EOS makes ``length``) in which a span of
-    ``span`` bytes (default ``length // 8``) reappears later, its copy starting a distance drawn
-    uniformly from ``span .. max_distance`` bytes after the original starts (default: as far as
-    the document allows, ``length - 1 - span``). Only a model that looks the span up by content
-    predicts the repeat. Every printable byte is a copy target, digits included: a model that
-    only ever copied letters did not copy the needle's digits. By default the distance covers
-    the whole document: with repeats only 1/4 to 1/2 of the length back, a needle model
-    retrieved over those distances and rarely over longer or shorter ones. A model learning to
-    copy from scratch needs the opposite, short distances (see the ``copy`` recipe)."""
+    """``length`` random printable ASCII bytes in which a span of ``span`` bytes (default
+    ``length // 8``) reappears later, its copy starting a distance drawn uniformly from
+    ``span .. max_distance`` bytes after the original starts (default: as far as the document
+    allows, ``length - span``). Only a model that looks the span up by content predicts the
+    repeat. Every printable byte is a copy target, digits included: a model that only ever
+    copied letters did not copy the needle's digits. By default the distance covers the whole
+    document: with repeats only 1/4 to 1/2 of the length back, a needle model retrieved over
+    those distances and rarely over longer or shorter ones. A model learning to copy from
+    scratch needs the opposite, short distances (see the ``copy`` recipe).
+
+    A copy document is a window of random text, not a document with an end: the training
+    source packs it without an EOS, so a sequence of ``length`` tokens is one whole document.
+    An EOS at a fixed position is the one byte of this data a model can predict without
+    copying; it learns that by counting positions within ~150 steps, and in every run with it
+    copying had not appeared after 2400 steps, where without it copying appeared from step
+    ~800 (docs/EVALUATION.md)."""
     if length < 16:
         raise ValueError(f"copy documents need a length of at least 16, got {length}")
     span = length // 8 if span is None else span
-    if not 1 <= span <= (length - 1) // 2:
-        raise ValueError(f"a copy span must be 1 .. (length - 1) // 2 = {(length - 1) // 2}, got {span}")
-    farthest = length - 1 - span  # so the copy ends before the EOS
+    if not 1 <= span <= length // 2:
+        raise ValueError(f"a copy span must be 1 .. length // 2 = {length // 2}, got {span}")
+    farthest = length - span  # so the copy ends with the document
     max_distance = farthest if max_distance is None else max_distance
     if not span <= max_distance <= farthest:
         raise ValueError(
-            f"a copy's max distance must be {span} .. {farthest} (span .. length - 1 - span), got {max_distance}"
+            f"a copy's max distance must be {span} .. {farthest} (span .. length - span), got {max_distance}"
         )
     rng = random.Random(f"copy-train:{index}")
-    text = [rng.choice(PRINTABLE) for _ in range(length - 1)]
+    text = [rng.choice(PRINTABLE) for _ in range(length)]
     distance = rng.randint(span, max_distance)
-    start = rng.randint(0, length - 1 - span - distance)
+    start = rng.randint(0, length - span - distance)
     text[start + distance : start + distance + span] = text[start : start + span]
     return CopyDocument("".join(text), start, distance, span)
 
@@ -186,6 +194,18 @@ def copy_training_text(
     return copy_document(index, length, span, max_distance).text
 
 
-# Synthetic sources by name: (row, length, **options) -> document text, and the names of the
-# integer options a source spec may add after LENGTH:COUNT (copy:128:200000:32:64).
-SYNTHETIC = {"needle": (needle_training_text, ()), "copy": (copy_training_text, ("span", "max_distance"))}
+@dataclass(frozen=True)
+class SyntheticSource:
+    """A synthetic training source: ``make(row, length, **options)`` gives a document's text;
+    ``options`` name the integer options a spec may add after LENGTH:COUNT
+    (copy:128:200000:32:64); ``eos``: whether the packer ends each document with an EOS."""
+
+    make: Callable[..., str]
+    options: tuple[str, ...]
+    eos: bool
+
+
+SYNTHETIC = {
+    "needle": SyntheticSource(needle_training_text, (), eos=True),
+    "copy": SyntheticSource(copy_training_text, ("span", "max_distance"), eos=False),
+}
