@@ -6,7 +6,9 @@ import math
 import pytest
 import torch
 
-from yoco.ops.attention import attention_reference, causal_attention
+import yoco.ops.attention as attention_ops
+from yoco.ops.attention import SPLIT_K_FROM, attention_reference, causal_attention
+from yoco.ops.decode_attention import decode_attention
 
 HEADS, D = 4, 8
 # Sharp scores (q, k ~ 3 N(0, 1): the largest weight of a row averages 0.91), so that one key
@@ -73,3 +75,23 @@ def test_an_explicit_scale_replaces_one_over_root_d(n_queries):
     torch.testing.assert_close(
         causal_attention(q, k, v, scale=scale), attention_reference(q * scale * math.sqrt(D), k, v), **TOL
     )
+
+
+def test_one_query_over_a_long_cache_takes_split_k_and_still_equals_the_reference(monkeypatch):
+    calls = []
+
+    def counted(*args):
+        calls.append(args[1].shape[2])
+        return decode_attention(*args)
+
+    monkeypatch.setattr(attention_ops, "decode_attention", counted)
+    n_keys = SPLIT_K_FROM + 3  # whole blocks of keys and a tail of 3
+    q, k, v = qkv(1, n_keys, 2)
+    lengths = [n_keys, SPLIT_K_FROM // 2 + 1]  # the second row's tail is whole blocks of padding
+    key_mask = (torch.arange(n_keys)[None] < torch.tensor(lengths)[:, None])[:, None, None, :]
+    for mask in (None, key_mask):
+        torch.testing.assert_close(
+            causal_attention(q, k, v, key_mask=mask), attention_reference(q, k, v, mask), **TOL
+        )
+    causal_attention(*qkv(1, SPLIT_K_FROM - 1, 2))  # shorter: SDPA
+    assert calls == [n_keys, n_keys]

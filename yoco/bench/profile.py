@@ -52,6 +52,15 @@ def matmul_peak(dtype: torch.dtype, size: int = 4096, repeats: int = 3) -> float
     return 2 * size**3 / statistics.median(times)
 
 
+def read_bandwidth(nbytes: int = 512 * 2**20, repeats: int = 5) -> float:
+    """Measured bytes/s of one plain read of ``nbytes`` (a float32 sum; best of ``repeats``):
+    the limit a decoding step, which reads its weights and cache once, is compared with."""
+    x = torch.ones(nbytes // 4)
+    x.sum()
+    best = min(timed(x.sum)[1] for _ in range(repeats))
+    return nbytes / best
+
+
 class PeakRSS:
     """Samples this process's resident memory in a thread; ``growth`` is peak minus start."""
 

@@ -4,7 +4,8 @@ Shapes: q (B, H, Nq, d); k, v (B, H_kv, Nk, d) with ``H % H_kv == 0``. Queries a
 ``Nq`` positions of the ``Nk`` keys (bottom-right alignment), which covers a full forward
 (Nq == Nk), one decode step (Nq == 1) and a chunk of prompt after a cache (Nq < Nk) alike.
 
-:func:`causal_attention` is the fast path on ``scaled_dot_product_attention``;
+:func:`causal_attention` is the fast path on ``scaled_dot_product_attention`` (one decoding step
+over a long K/V: split-K, :mod:`yoco.ops.decode_attention`);
 :func:`attention_reference` is the obviously-correct softmax(QKᵀ/√d + mask)V it is tested against.
 """
 
@@ -12,6 +13,12 @@ import math
 
 import torch
 import torch.nn.functional as F
+
+from yoco.ops.decode_attention import decode_attention
+
+# One-query steps over at least this many keys take split-K decode attention
+# (yoco.ops.decode_attention); shorter ones are too small for the split to pay.
+SPLIT_K_FROM = 8192
 
 
 def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
@@ -44,6 +51,8 @@ def causal_attention(
     """
     n_q, n_k = q.shape[-2], k.shape[-2]
     gqa = q.shape[1] != k.shape[1]
+    if n_q == 1 and n_k >= SPLIT_K_FROM:
+        return decode_attention(q, k, v, key_mask, scale)
     if key_mask is not None:
         if n_q != 1:
             raise ValueError("rows of unequal length can only take one-token steps")

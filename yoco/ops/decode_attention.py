@@ -1,0 +1,126 @@
+"""One decoding step's attention over a long K/V: split-K ("flash decoding").
+
+A decode step has one query per head and many keys: the work is one read of the whole K/V, and
+the fastest step reads it at memory speed. ``scaled_dot_product_attention`` with one query
+per head leaves most of that on the table on CPU: its kernel parallelises over batch, heads
+and blocks of *queries*, so a single query runs on few threads, and grouped heads repeat K/V.
+Here the key axis is cut into blocks and each (K/V head, block) is a separate unit of work:
+
+    for each block b:  o_b = softmax(q·K_bᵀ·scale)·V_b,   lse_b = log Σ exp(q·K_bᵀ·scale)
+    merged:            out = Σ_b exp(lse_b - LSE)·o_b,     LSE = log Σ_b exp(lse_b)
+
+(the log-sum-exp merge, exact up to rounding). The query heads that share a K/V head are the
+"queries" of one call, so K/V are never repeated. Blocks run through PyTorch's fused CPU
+attention kernel, which returns each block's log-sum-exp and keeps scores and sums in float32
+whatever the storage dtype; the merge is float32. Splitting the key axis is a view: nothing
+is copied. :func:`decode_attention_reference` is the same merge written with plain products,
+the fallback for other devices; both are tested against SDPA and the dense reference.
+"""
+
+import torch
+
+KEY_BLOCK = 4096  # keys per block (2048 to 8192 measured within 5% of each other)
+_FUSED = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
+
+def _check(q: torch.Tensor, k: torch.Tensor) -> None:
+    if q.shape[2] != 1:
+        raise ValueError(f"decode attention takes one query per head, got {q.shape[2]}")
+    if q.shape[1] % k.shape[1]:
+        raise ValueError(f"query heads ({q.shape[1]}) must be a multiple of key/value heads ({k.shape[1]})")
+
+
+def _blocks(x: torch.Tensor, start: int, count: int, size: int) -> torch.Tensor:
+    """Keys start .. start + count·size of (B, H_kv, N, d) as (B·H_kv, count, size, d): a view."""
+    b, h_kv, _, d = x.shape
+    return x[:, :, start : start + count * size].unflatten(2, (count, size)).reshape(b * h_kv, count, size, d)
+
+
+def _block_ranges(n: int, block: int):
+    """(start, count, size): the whole blocks, then the shorter tail block if any."""
+    full, tail = divmod(n, block)
+    if full:
+        yield 0, full, block
+    if tail:
+        yield full * block, 1, tail
+
+
+def _visible(key_mask: torch.Tensor, h_kv: int, start: int, count: int, size: int) -> torch.Tensor:
+    """The key mask (B, 1, 1, N) of those blocks, per K/V head: (B·H_kv, count, 1, size)."""
+    b = key_mask.shape[0]
+    visible = key_mask[..., start : start + count * size].reshape(b, 1, count, 1, size)
+    return visible.expand(b, h_kv, count, 1, size).reshape(b * h_kv, count, 1, size)
+
+
+def _merge(outs: torch.Tensor, lses: torch.Tensor, shape) -> torch.Tensor:
+    """outs (B·H_kv, S, rep, d_v), lses (B·H_kv, S, rep) -> (B, H, 1, d_v) float32."""
+    weights = torch.softmax(lses, dim=1).unsqueeze(-1)  # exp(lse_b - LSE); 0 for empty blocks
+    return (outs.float() * weights).sum(1).reshape(shape)
+
+
+def decode_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_mask: torch.Tensor | None = None,
+    scale: float | None = None,
+    block: int = KEY_BLOCK,
+) -> torch.Tensor:
+    """Attention of one query per head to every key: q (B, H, 1, d); k, v (B, H_kv, N, d) with
+    ``H % H_kv == 0``; ``key_mask`` (B, 1, 1, N), True on real keys -> (B, H, 1, d_v) in q's
+    dtype. CPU tensors only (elsewhere: :func:`decode_attention_reference`)."""
+    _check(q, k)
+    if _FUSED is None or q.device.type != "cpu":
+        return decode_attention_reference(q, k, v, key_mask, scale, block)
+    b, h, _, d = q.shape
+    h_kv = k.shape[1]
+    rep = h // h_kv
+    grouped = q.reshape(b * h_kv, 1, rep, d)  # the query heads of each K/V head, as its queries
+    outs, lses = [], []
+    for start, count, size in _block_ranges(k.shape[2], block):
+        mask = None
+        if key_mask is not None:
+            visible = _visible(key_mask, h_kv, start, count, size)
+            mask = torch.zeros(visible.shape, dtype=q.dtype).masked_fill(~visible, float("-inf"))
+        out, lse = _FUSED(
+            grouped.expand(-1, count, -1, -1),
+            _blocks(k, start, count, size),
+            _blocks(v, start, count, size),
+            0.0,
+            False,
+            attn_mask=mask,
+            scale=scale,
+        )
+        if key_mask is not None:  # a block with no visible key returns lse 0: weigh it 0
+            lse = lse.masked_fill(~visible.any(-1), float("-inf"))
+        outs.append(out)
+        lses.append(lse)
+    merged = _merge(torch.cat(outs, dim=1), torch.cat(lses, dim=1), (b, h, 1, -1))
+    return merged.to(q.dtype)
+
+
+def decode_attention_reference(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_mask: torch.Tensor | None = None,
+    scale: float | None = None,
+    block: int = KEY_BLOCK,
+) -> torch.Tensor:
+    """The same split-K merge with plain float32 products per block: obviously correct, slow."""
+    _check(q, k)
+    b, h, _, d = q.shape
+    h_kv = k.shape[1]
+    scale = d**-0.5 if scale is None else scale
+    grouped = q.reshape(b * h_kv, 1, h // h_kv, d).float()
+    outs, lses = [], []
+    for start, count, size in _block_ranges(k.shape[2], block):
+        scores = grouped @ _blocks(k, start, count, size).float().transpose(-1, -2) * scale
+        if key_mask is not None:
+            scores = scores.masked_fill(~_visible(key_mask, h_kv, start, count, size), float("-inf"))
+        lse = torch.logsumexp(scores, dim=-1)  # -inf for a block with no visible key
+        weights = torch.exp(scores - lse.masked_fill(lse == float("-inf"), 0.0).unsqueeze(-1))
+        outs.append(weights @ _blocks(v, start, count, size).float())
+        lses.append(lse)
+    merged = _merge(torch.cat(outs, dim=1), torch.cat(lses, dim=1), (b, h, 1, -1))
+    return merged.to(q.dtype)
