@@ -13,6 +13,7 @@ from transformers.generation.logits_process import (
 import yoco
 from tests.helpers import greedy_by_full_forward, prompt_of, sharpen_attention, tiny_model
 from yoco.inference.sampling import sample_next
+from yoco.ops.attention import SPLIT_K_FROM
 
 WINDOW = 8  # tiny_model's sliding window
 PROMPT_LENGTHS = [1, WINDOW - 1, WINDOW, WINDOW + 1, 3 * WINDOW + 5]
@@ -436,3 +437,19 @@ def test_logits_to_keep_follows_transformers(model_kind):
     assert cache.lengths == [12], "keeping no logits still fills the cache"
     with pytest.raises(ValueError, match="outside"):
         model(ids, logits_to_keep=torch.tensor([12]))
+
+
+@pytest.mark.parametrize("kind", ["transformer", "yoco-swa+diff", "yoco-gret"])
+def test_decoding_over_a_cache_long_enough_for_split_k_equals_full_recompute(kind):
+    """Past SPLIT_K_FROM keys a decode step's attention (the Transformer's layers, YOCO's
+    cross-decoder, differential or not) takes split-K decode attention; rows of unequal
+    length hide whole blocks of padding."""
+    model = sharpen_attention(tiny_model(kind, max_position_embeddings=SPLIT_K_FROM + 16))
+    prompts = [prompt_of(SPLIT_K_FROM + 2, seed=1), prompt_of(SPLIT_K_FROM // 2 - 3, seed=2)]
+    expected = [greedy_by_full_forward(model, p, 3) for p in prompts]
+    assert yoco.generate(model, prompts, 3, prefill_chunk_size=4096) == expected
+    # The logits themselves, for the long row's next token (greedy agreement alone is coarse).
+    last, cache = yoco.prefill(model, prompts[0], chunk_size=4096)
+    step = model(torch.tensor([[expected[0][0]]]), cache=cache).logits[0, -1]
+    full = model(torch.tensor([prompts[0] + expected[0][:1]])).logits[0, -1]
+    torch.testing.assert_close(step, full, atol=1e-4, rtol=1e-4)
