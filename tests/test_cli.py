@@ -122,12 +122,21 @@ def test_generate_uses_the_tokenizer_saved_with_the_run(bpe_run, capsys, monkeyp
     assert out[len(prompt) :] == tokenizer.decode(expected, skip_special_tokens=True)
 
 
-def test_a_kept_context_continues_as_if_the_whole_text_were_the_prompt(tmp_path, capsys):
+@pytest.mark.parametrize("kv_cache_dtype", ["auto", "int8"])
+def test_a_kept_context_continues_as_if_the_whole_text_were_the_prompt(kv_cache_dtype, tmp_path, capsys):
     model_dir, cache = tmp_path / "model", tmp_path / "doc.cache"
     tiny_model("yoco-gret", vocab_size=258).save_pretrained(model_dir)
     document, question = tmp_path / "doc.txt", " and then?"
     document.write_text("The special magic Osaka number is: 4455. " * 3)
-    common = ["generate", "--model", str(model_dir), "--max-new-tokens", "8"]
+    common = [
+        "generate",
+        "--model",
+        str(model_dir),
+        "--max-new-tokens",
+        "8",
+        "--kv-cache-dtype",
+        kv_cache_dtype,
+    ]
     main([*common, "--prompt-file", str(document), "--save-cache", str(cache), "--prefill-chunk-size", "16"])
     err, n = capsys.readouterr().err, len(document.read_bytes())  # byte tokens
     assert "cache saved" in err and f"prefill: {n} tokens after 0 kept" in err and cache.is_file()
@@ -137,6 +146,13 @@ def test_a_kept_context_continues_as_if_the_whole_text_were_the_prompt(tmp_path,
     main([*common, "--prompt", document.read_text() + question])
     whole = capsys.readouterr().out
     assert continued.out.startswith(question) and continued.out == whole[len(document.read_text()) :]
+    if kv_cache_dtype == "auto":  # a kept context continues in its own format
+        message = one_line_exit(
+            [*common, "--load-cache", str(cache), "--prompt", "x", "--kv-cache-dtype", "int8"], capsys
+        )
+        assert (
+            "--kv-cache-dtype int8" in message and "keeps its keys and values in the model's dtype" in message
+        )
 
 
 def test_a_saved_model_without_tokenizer_needs_the_byte_vocabulary(tmp_path, capsys):

@@ -13,10 +13,18 @@ GrowingKV; :class:`TransformerCache` holds one GrowingKV per layer. Both subclas
 
 Rows of a batch may hold different lengths (prompts of unequal length decoded together):
 each store keeps per-row lengths and hands attention a key mask when they differ.
+
+Keys and values are kept in the model's dtype (``kv_cache_dtype="auto"``) or in int8 with a
+scale per vector (``"int8"``, :mod:`yoco.ops.quantize`), which attention dequantizes as it
+reads. Recurrent states stay float32 either way.
 """
 
 import torch
 from transformers.cache_utils import Cache
+
+from yoco.ops.quantize import QuantizedKV, dequantized
+
+KV_CACHE_DTYPES = ("auto", "int8")
 
 # Growth past capacity, in tokens: to the next multiple of max(GROWTH_BLOCK, capacity) while
 # the cache is small (amortised doubling), but never by more than MAX_GROWTH at once, so a
@@ -24,6 +32,47 @@ from transformers.cache_utils import Cache
 # tokens, otherwise). Growing copies the cache: prefill reserves room for a reply up front.
 GROWTH_BLOCK = 256
 MAX_GROWTH = 65536
+
+
+def check_kv_cache_dtype(kv_cache_dtype: str) -> None:
+    if kv_cache_dtype not in KV_CACHE_DTYPES:
+        raise ValueError(f"kv_cache_dtype must be one of {KV_CACHE_DTYPES}, got {kv_cache_dtype!r}")
+
+
+def _buffer(shape, kv_cache_dtype: str, dtype, device) -> torch.Tensor | QuantizedKV:
+    """Zeroed storage for keys or values of ``shape`` in the cache's storage format."""
+    check_kv_cache_dtype(kv_cache_dtype)
+    if kv_cache_dtype == "int8":
+        return QuantizedKV.zeros(shape, dtype, device)
+    return torch.zeros(shape, dtype=dtype, device=device)
+
+
+def _cat(parts: list, dim: int) -> torch.Tensor | QuantizedKV:
+    return QuantizedKV.cat(parts, dim) if isinstance(parts[0], QuantizedKV) else torch.cat(parts, dim)
+
+
+def _nbytes(buffer: torch.Tensor | QuantizedKV) -> int:
+    if isinstance(buffer, QuantizedKV):
+        return buffer.nbytes()
+    return buffer.numel() * buffer.element_size()
+
+
+def _kv_cache_dtype(buffer: torch.Tensor | QuantizedKV) -> str:
+    return "int8" if isinstance(buffer, QuantizedKV) else "auto"
+
+
+def _saved(name: str, buffer: torch.Tensor | QuantizedKV) -> dict[str, torch.Tensor]:
+    """The tensors a saved cache keeps of one buffer (an int8 buffer: values and scales)."""
+    if isinstance(buffer, QuantizedKV):
+        return {name: buffer.values.contiguous(), f"{name}_scale": buffer.scales.contiguous()}
+    return {name: buffer.contiguous()}
+
+
+def _loaded(name: str, tensors: dict[str, torch.Tensor], like: torch.Tensor | QuantizedKV):
+    """One buffer's saved tensors, in ``like``'s format (what ``_saved`` wrote)."""
+    if isinstance(like, QuantizedKV):
+        return QuantizedKV(tensors[name], tensors[f"{name}_scale"], like.dtype)
+    return tensors[name]
 
 
 def _key_mask(lengths: list[int], n_keys: int, device) -> torch.Tensor | None:
@@ -37,10 +86,19 @@ def _key_mask(lengths: list[int], n_keys: int, device) -> torch.Tensor | None:
 class GrowingKV:
     """Keys and values (B, H_kv, capacity, d), rows left-aligned, per-row lengths."""
 
-    def __init__(self, batch: int, kv_heads: int, head_dim: int, dtype, device, capacity: int = 0):
+    def __init__(
+        self,
+        batch: int,
+        kv_heads: int,
+        head_dim: int,
+        dtype,
+        device,
+        capacity: int = 0,
+        kv_cache_dtype: str = "auto",
+    ):
         shape = (batch, kv_heads, max(capacity, 0), head_dim)
-        self.keys = torch.zeros(shape, dtype=dtype, device=device)
-        self.values = torch.zeros(shape, dtype=dtype, device=device)
+        self.keys = _buffer(shape, kv_cache_dtype, dtype, device)
+        self.values = _buffer(shape, kv_cache_dtype, dtype, device)
         self.lengths = [0] * batch
 
     @property
@@ -52,10 +110,10 @@ class GrowingKV:
             return
         step = min(max(GROWTH_BLOCK, self.capacity), MAX_GROWTH)
         new_capacity = -(-needed // step) * step
-        grow = new_capacity - self.capacity
-        pad = self.keys.new_zeros(*self.keys.shape[:2], grow, self.keys.shape[-1])
-        self.keys = torch.cat([self.keys, pad], dim=2)
-        self.values = torch.cat([self.values, pad], dim=2)
+        shape = (*self.keys.shape[:2], new_capacity - self.capacity, self.keys.shape[-1])
+        pad = _buffer(shape, _kv_cache_dtype(self.keys), self.keys.dtype, self.keys.device)
+        self.keys = _cat([self.keys, pad], dim=2)
+        self.values = _cat([self.values, pad], dim=2)
 
     def append(
         self, k: torch.Tensor, v: torch.Tensor
@@ -88,22 +146,22 @@ class GrowingKV:
 
     def nbytes(self) -> int:
         """Bytes of keys and values held (per-token accounting; allocation is in blocks)."""
-        per_token = 2 * self.keys.shape[1] * self.keys.shape[3] * self.keys.element_size()
+        per_token = 2 * _nbytes(self.keys[:1, :, :1])  # one token of one row, keys and values
         return per_token * sum(self.lengths)
 
     def allocated_nbytes(self) -> int:
-        return 2 * self.keys.numel() * self.keys.element_size()
+        return _nbytes(self.keys) + _nbytes(self.values)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """What a saved cache keeps of this store: the filled positions only."""
         end = max(self.lengths)
-        return {"keys": self.keys[:, :, :end].contiguous(), "values": self.values[:, :, :end].contiguous()}
+        return {**_saved("keys", self.keys[:, :, :end]), **_saved("values", self.values[:, :, :end])}
 
     def load_tensors(self, tensors: dict[str, torch.Tensor], lengths: list[int]) -> None:
         end = tensors["keys"].shape[2]
         self._reserve(end)
-        self.keys[:, :, :end] = tensors["keys"]
-        self.values[:, :, :end] = tensors["values"]
+        self.keys[:, :, :end] = _loaded("keys", tensors, self.keys)
+        self.values[:, :, :end] = _loaded("values", tensors, self.values)
         self.lengths = list(lengths)
 
     @classmethod
@@ -112,8 +170,9 @@ class GrowingKV:
         first = stores[0]
         capacity = max(s.capacity for s in stores)
         batch = sum(s.keys.shape[0] for s in stores)
+        keys = first.keys
         out = cls(
-            batch, first.keys.shape[1], first.keys.shape[3], first.keys.dtype, first.keys.device, capacity
+            batch, keys.shape[1], keys.shape[3], keys.dtype, keys.device, capacity, _kv_cache_dtype(keys)
         )
         row = 0
         for s in stores:
@@ -132,11 +191,20 @@ class WindowKV:
     the whole ring, so decoding never concatenates (copies) the window.
     """
 
-    def __init__(self, batch: int, kv_heads: int, head_dim: int, window: int, dtype, device):
+    def __init__(
+        self,
+        batch: int,
+        kv_heads: int,
+        head_dim: int,
+        window: int,
+        dtype,
+        device,
+        kv_cache_dtype: str = "auto",
+    ):
         self.window = window
         shape = (batch, kv_heads, window, head_dim)
-        self.keys = torch.zeros(shape, dtype=dtype, device=device)
-        self.values = torch.zeros(shape, dtype=dtype, device=device)
+        self.keys = _buffer(shape, kv_cache_dtype, dtype, device)
+        self.values = _buffer(shape, kv_cache_dtype, dtype, device)
         self.lengths = [0] * batch  # tokens seen so far, per row
 
     def ordered_prefix(self) -> tuple[torch.Tensor, torch.Tensor] | tuple[None, None]:
@@ -149,7 +217,7 @@ class WindowKV:
         if held == 0:
             return None, None
         order = torch.arange(length - held, length, device=self.keys.device) % self.window
-        return self.keys[:, :, order], self.values[:, :, order]
+        return dequantized(self.keys[:, :, order]), dequantized(self.values[:, :, order])
 
     def push(self, k: torch.Tensor, v: torch.Tensor) -> None:
         """Remember the last W of the n new positions (B, H_kv, n, d)."""
@@ -181,14 +249,14 @@ class WindowKV:
         self.lengths = [self.lengths[i] for i in rows.tolist()]
 
     def nbytes(self) -> int:
-        return 2 * self.keys.numel() * self.keys.element_size()
+        return _nbytes(self.keys) + _nbytes(self.values)
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {"keys": self.keys, "values": self.values}
+        return {**_saved("keys", self.keys), **_saved("values", self.values)}
 
     def load_tensors(self, tensors: dict[str, torch.Tensor], lengths: list[int]) -> None:
-        self.keys.copy_(tensors["keys"])
-        self.values.copy_(tensors["values"])
+        self.keys[:] = _loaded("keys", tensors, self.keys)
+        self.values[:] = _loaded("values", tensors, self.values)
         self.lengths = list(lengths)
 
     @classmethod
@@ -196,8 +264,8 @@ class WindowKV:
         first = stores[0]
         out = cls.__new__(cls)
         out.window = first.window
-        out.keys = torch.cat([s.keys for s in stores])
-        out.values = torch.cat([s.values for s in stores])
+        out.keys = _cat([s.keys for s in stores], dim=0)
+        out.values = _cat([s.values for s in stores], dim=0)
         out.lengths = [n for s in stores for n in s.lengths]
         return out
 
@@ -252,6 +320,12 @@ class ModelCache(Cache):
     @property
     def dtype(self) -> torch.dtype:
         return self.model_dtype
+
+    @property
+    def kv_cache_dtype(self) -> str:
+        """How keys and values are stored: "auto" (the model's dtype) or "int8"."""
+        kv_stores = [store for store in self.stores() if hasattr(store, "keys")]
+        return _kv_cache_dtype(kv_stores[0].keys) if kv_stores else "auto"
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return max(self.lengths)

@@ -9,21 +9,23 @@ from tests.helpers import prompt_of, tiny_model
 from yoco.inference import saved_cache
 
 
+@pytest.mark.parametrize("kv_cache_dtype", ["auto", "int8"])
 @pytest.mark.parametrize("kind", ["yoco-swa", "yoco-gret", "transformer", "retnet"])
-def test_save_then_load_continues_exactly_as_in_memory(kind, tmp_path):
+def test_save_then_load_continues_exactly_as_in_memory(kind, kv_cache_dtype, tmp_path):
     model = tiny_model(kind)
     prompt = prompt_of(37, seed=3)
-    _, cache = yoco.prefill(model, prompt, chunk_size=16)
+    _, cache = yoco.prefill(model, prompt, chunk_size=16, kv_cache_dtype=kv_cache_dtype)
     path = yoco.save_cache(model, cache, tmp_path / "context.safetensors", token_ids=prompt)
     loaded = yoco.load_cache(model, path, token_ids=prompt)
     assert loaded.lengths == cache.lengths == [37]
+    assert loaded.kv_cache_dtype == cache.kv_cache_dtype == (kv_cache_dtype if kind != "retnet" else "auto")
     step = torch.tensor([[5]])
     with torch.no_grad():
         expected = model(step, cache=cache).logits
         got = model(step, cache=loaded).logits
     assert torch.equal(got, expected)
     # And on through generate: the same greedy tokens as a full recompute of the whole text.
-    more = yoco.generate(model, [prompt + [5]], 4)[0]
+    more = yoco.generate(model, [prompt + [5]], 4, kv_cache_dtype=kv_cache_dtype)[0]
     tokens = []
     with torch.no_grad():
         logits = got

@@ -18,6 +18,7 @@ import torch
 from transformers import TextStreamer
 
 import yoco
+from yoco.cache import KV_CACHE_DTYPES
 from yoco.inference.engine import check_prompt, decode
 from yoco.inference.sampling import check_sampling
 from yoco.models import KINDS, PRESETS, build
@@ -77,6 +78,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int)
     parser.add_argument("--prefill-chunk-size", type=int)
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    parser.add_argument(
+        "--kv-cache-dtype",
+        choices=KV_CACHE_DTYPES,
+        default="auto",
+        help="keys and values in the model's dtype, or int8 with a scale per vector (about half the bytes)",
+    )
     args = parser.parse_args(argv)
 
     # Everything that does not need the model is checked before the (slow) load.
@@ -93,11 +100,23 @@ def main(argv: list[str] | None = None) -> None:
     prompt = tokenizer(text, add_special_tokens=False)["input_ids"]
     room = len(prompt) + args.max_new_tokens
     cache = yoco.load_cache(model, args.load_cache, room=room) if args.load_cache else None
+    if cache is not None and args.kv_cache_dtype != "auto" and cache.kv_cache_dtype != args.kv_cache_dtype:
+        kept = "int8" if cache.kv_cache_dtype == "int8" else "the model's dtype"
+        raise ValueError(
+            f"--kv-cache-dtype {args.kv_cache_dtype}: {args.load_cache} keeps its keys and values in "
+            f"{kept}, and a kept context continues in the format it was saved in"
+        )
     context = max(cache.lengths) if cache is not None else 0
     check_prompt(model, prompt, args.max_new_tokens, context)
     start = time.perf_counter()
     logits, cache = yoco.prefill(
-        model, prompt, args.prefill_chunk_size, capacity=room, cache=cache, progress=True
+        model,
+        prompt,
+        args.prefill_chunk_size,
+        capacity=room,
+        cache=cache,
+        progress=True,
+        kv_cache_dtype=args.kv_cache_dtype,
     )
     prefill_seconds = time.perf_counter() - start
     print(

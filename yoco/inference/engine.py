@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from tqdm import tqdm
 
-from yoco.cache import ModelCache
+from yoco.cache import ModelCache, check_kv_cache_dtype
 from yoco.inference.sampling import check_sampling, sample_next
 from yoco.models.base import NO_LOGITS
 
@@ -85,6 +85,7 @@ def prefill(
     capacity: int | None = None,
     cache: ModelCache | None = None,
     progress: bool = False,
+    kv_cache_dtype: str = "auto",
 ) -> tuple[torch.Tensor, ModelCache]:
     """Run a prompt (N,) or a batch of equal-length prompts (B, N) into a fresh cache, or on
     from the end of ``cache`` (a kept context: the prompt continues it).
@@ -93,6 +94,8 @@ def prefill(
     room for that many tokens up front (default: the prompt and ``REPLY_ROOM`` more), so the
     steps that follow write in place: growing a cache copies it, 2 GiB at 1M tokens.
     ``progress`` shows a bar over the prompt's chunks (a 1M-token prompt takes minutes).
+    ``kv_cache_dtype``: how a fresh cache stores keys and values, "auto" (the model's dtype)
+    or "int8" (see ``model.new_cache``).
     """
     ids = torch.as_tensor(_as_prompts(input_ids) if not isinstance(input_ids, torch.Tensor) else input_ids)
     ids = _integer_ids(ids).to(model.device)
@@ -104,7 +107,7 @@ def prefill(
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     n = ids.shape[1]
     if cache is None:
-        cache = model.new_cache(ids.shape[0], capacity or n + REPLY_ROOM)
+        cache = model.new_cache(ids.shape[0], capacity or n + REPLY_ROOM, kv_cache_dtype)
     else:
         cache.check_step(ids.shape[0], n, model.dtype)
     step = chunk_size or n
@@ -130,16 +133,18 @@ def stream_generate(
     stop_token_ids: Sequence[int] | None = None,
     prefill_chunk_size: int | None = None,
     seed: int | None = None,
+    kv_cache_dtype: str = "auto",
 ) -> Iterator[list[int | None]]:
     """Yield, at each step, one new token per prompt (None for prompts that have stopped).
 
     A prompt stops after emitting a token in ``stop_token_ids`` (that token is yielded) or
-    after ``max_new_tokens``.
+    after ``max_new_tokens``. ``kv_cache_dtype`` as in :func:`prefill`.
     """
     prompts = _as_prompts(prompts)
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     check_sampling(temperature, top_k, top_p)
+    check_kv_cache_dtype(kv_cache_dtype)
     for prompt in prompts:
         check_prompt(model, prompt, max_new_tokens)
     stops = stop_token_ids or ()
@@ -149,7 +154,13 @@ def stream_generate(
 
     logits, caches = [], []
     for prompt in prompts:
-        last, cache = prefill(model, prompt, prefill_chunk_size, capacity=len(prompt) + max_new_tokens)
+        last, cache = prefill(
+            model,
+            prompt,
+            prefill_chunk_size,
+            capacity=len(prompt) + max_new_tokens,
+            kv_cache_dtype=kv_cache_dtype,
+        )
         logits.append(last)
         caches.append(cache)
     cache = caches[0] if len(caches) == 1 else type(caches[0]).stack(caches)

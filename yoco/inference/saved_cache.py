@@ -82,6 +82,7 @@ def save_cache(model, cache: ModelCache, path: str | Path, token_ids=None) -> Pa
         "config": architecture_fields(model.config),
         "weights_sha256": weights_sha256(model),
         "dtype": str(cache.dtype).removeprefix("torch."),
+        "kv_cache_dtype": cache.kv_cache_dtype,
         "cache": type(cache).__name__,
         "lengths": list(cache.lengths),
         "token_ids_sha256": None if token_ids is None else token_ids_sha256(_rows(token_ids)),
@@ -161,7 +162,8 @@ def load_cache(model, path: str | Path, token_ids=None, room: int | None = None)
     header = read_header(path)
     check_fits(header, model, path, token_ids)
     lengths = header["lengths"]
-    cache = model.new_cache(len(lengths), max(lengths) + (REPLY_ROOM if room is None else room))
+    capacity = max(lengths) + (REPLY_ROOM if room is None else room)
+    cache = model.new_cache(len(lengths), capacity, header.get("kv_cache_dtype", "auto"))
     if type(cache).__name__ != header["cache"]:
         raise ValueError(f"{path} holds a {header['cache']} but this model makes a {type(cache).__name__}")
     try:

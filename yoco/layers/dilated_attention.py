@@ -10,6 +10,7 @@ from yoco.cache import GrowingKV
 from yoco.layers.attention import SelfAttention
 from yoco.layers.rotary import Rope
 from yoco.ops.dilated_attention import check_patterns, dilated_attention
+from yoco.ops.quantize import dequantized
 
 
 class DilatedAttention(SelfAttention):
@@ -40,6 +41,7 @@ class DilatedAttention(SelfAttention):
         # op already reads only the current segments of the prefix, so decoding costs
         # O(max(segments)) per token either way.
         keys, values, key_mask = cache.append(k, v)
+        keys, values = dequantized(keys), dequantized(values)  # an int8 cache: every key, read back
         if key_mask is None:
             return dilated_attention(q, keys, values, self.segments, self.ratios)
         # Rows of unequal length (one-token steps only): segment boundaries depend on each

@@ -12,7 +12,7 @@ from torch import nn
 from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import MoeCausalLMOutputWithPast
 
-from yoco.cache import ModelCache
+from yoco.cache import ModelCache, check_kv_cache_dtype
 from yoco.layers.bitlinear import convert_to_bitlinear
 from yoco.layers.moe import moe_aux_loss
 from yoco.layers.norm import RMSNorm
@@ -146,9 +146,13 @@ class CausalLM(MakesOwnCache, DecoderPreTrainedModel, GenerationMixin):
             bad = low if low < 0 else high
             raise ValueError(f"token id {bad} is outside the vocabulary [0, {self.config.vocab_size})")
 
-    def new_cache(self, batch_size: int = 1, capacity: int = 0) -> ModelCache:
-        """An empty inference cache for this model, in the model's dtype and device."""
-        return self.model.new_cache(batch_size, capacity, self.dtype, self.device)
+    def new_cache(self, batch_size: int = 1, capacity: int = 0, kv_cache_dtype: str = "auto") -> ModelCache:
+        """An empty inference cache for this model, on the model's device. Keys and values are
+        kept in the model's dtype (``kv_cache_dtype="auto"``) or in int8 with a scale per
+        vector (``"int8"``: about half the bytes of bfloat16, dequantized as attention reads
+        them); recurrent states are float32 either way."""
+        check_kv_cache_dtype(kv_cache_dtype)
+        return self.model.new_cache(batch_size, capacity, self.dtype, self.device, kv_cache_dtype)
 
     def forward(
         self,
@@ -270,7 +274,7 @@ class DecoderBackbone(nn.Module):
         """Hidden states (B, N, hidden) -> (B, keep_last or N, hidden), updating ``cache``."""
         raise NotImplementedError
 
-    def new_cache(self, batch_size: int, capacity: int, dtype, device) -> ModelCache:
+    def new_cache(self, batch_size: int, capacity: int, dtype, device, kv_cache_dtype: str) -> ModelCache:
         raise NotImplementedError
 
     def forward(

@@ -51,7 +51,8 @@ class RetNetModel(DecoderBackbone):
             x = layer(x, rope=rope, cache=None if cache is None else cache.states[i])
         return last_positions(x, keep_last)
 
-    def new_cache(self, batch_size: int, capacity: int, dtype, device) -> RecurrentCache:
+    def new_cache(self, batch_size: int, capacity: int, dtype, device, kv_cache_dtype: str) -> RecurrentCache:
+        # Only recurrent states, always float32: there are no keys or values to quantize.
         config = self.config
         states = [
             RecurrentState(batch_size, config.num_attention_heads, config.head_dim, device)

@@ -31,10 +31,16 @@ class TransformerModel(DecoderBackbone):
             x = layer(x, rope=rope, cache=None if cache is None else cache.kv[i])
         return last_positions(x, keep_last)
 
-    def new_cache(self, batch_size: int, capacity: int, dtype, device) -> TransformerCache:
+    def new_cache(
+        self, batch_size: int, capacity: int, dtype, device, kv_cache_dtype: str
+    ) -> TransformerCache:
         kv_heads, kv_dim = kv_cache_shape(self.config)  # differential attention packs K/V in pairs
         return TransformerCache(
-            [GrowingKV(batch_size, kv_heads, kv_dim, dtype, device, capacity) for _ in self.layers], dtype
+            [
+                GrowingKV(batch_size, kv_heads, kv_dim, dtype, device, capacity, kv_cache_dtype)
+                for _ in self.layers
+            ],
+            dtype,
         )
 
 

@@ -166,7 +166,7 @@ class YocoModel(DecoderBackbone):
             x = layer(x, rope=cross_rope, shared_kv=(keys, values), key_mask=key_mask)
         return x
 
-    def new_cache(self, batch_size: int, capacity: int, dtype, device) -> YocoCache:
+    def new_cache(self, batch_size: int, capacity: int, dtype, device, kv_cache_dtype: str) -> YocoCache:
         config = self.config
         kv_heads, kv_dim = kv_cache_shape(config)  # differential attention packs K/V in pairs
         if config.self_decoder == "swa":
@@ -178,13 +178,22 @@ class YocoModel(DecoderBackbone):
                     config.sliding_window,
                     dtype,
                     device,
+                    kv_cache_dtype,
                 )
                 for _ in self.self_decoder
             ]
         elif config.self_decoder == "dilated":
             # Simple and correct: every key is kept (only the current segments are read).
             states = [
-                GrowingKV(batch_size, config.num_key_value_heads, config.head_dim, dtype, device, capacity)
+                GrowingKV(
+                    batch_size,
+                    config.num_key_value_heads,
+                    config.head_dim,
+                    dtype,
+                    device,
+                    capacity,
+                    kv_cache_dtype,
+                )
                 for _ in self.self_decoder
             ]
         elif config.self_decoder in RECURRENT_SELF_DECODERS:
@@ -193,7 +202,9 @@ class YocoModel(DecoderBackbone):
                 for _ in self.self_decoder
             ]
         shared = (
-            GrowingKV(batch_size, kv_heads, kv_dim, dtype, device, capacity) if config.cross_decoder else None
+            GrowingKV(batch_size, kv_heads, kv_dim, dtype, device, capacity, kv_cache_dtype)
+            if config.cross_decoder
+            else None
         )
         return YocoCache(states, shared, dtype)
 

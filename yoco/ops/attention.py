@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from yoco.ops.decode_attention import decode_attention
+from yoco.ops.quantize import QuantizedKV, dequantized
 
 # One-query steps over at least this many keys take split-K decode attention
 # (yoco.ops.decode_attention); shorter ones are too small for the split to pay.
@@ -38,8 +39,8 @@ def causal_mask(n_queries: int, n_keys: int, device: torch.device) -> torch.Tens
 
 def causal_attention(
     q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
+    k: torch.Tensor | QuantizedKV,
+    v: torch.Tensor | QuantizedKV,
     key_mask: torch.Tensor | None = None,
     scale: float | None = None,
 ) -> torch.Tensor:
@@ -53,6 +54,7 @@ def causal_attention(
     gqa = q.shape[1] != k.shape[1]
     if n_q == 1 and n_k >= SPLIT_K_FROM:
         return decode_attention(q, k, v, key_mask, scale)
+    k, v = dequantized(k), dequantized(v)  # an int8 cache (kv_cache_dtype="int8")
     if key_mask is not None:
         if n_q != 1:
             raise ValueError("rows of unequal length can only take one-token steps")

@@ -19,7 +19,12 @@ the fallback for other devices; both are tested against SDPA and the dense refer
 
 import torch
 
+from yoco.ops.quantize import QuantizedKV, dequantized
+
 KEY_BLOCK = 4096  # keys per block (2048 to 8192 measured within 5% of each other)
+# Blocks per kernel call: an int8 cache is dequantized one call's keys at a time, so the
+# floating-point copy never exceeds this many blocks.
+BLOCKS_PER_CALL = 16
 _FUSED = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 
 
@@ -30,17 +35,20 @@ def _check(q: torch.Tensor, k: torch.Tensor) -> None:
         raise ValueError(f"query heads ({q.shape[1]}) must be a multiple of key/value heads ({k.shape[1]})")
 
 
-def _blocks(x: torch.Tensor, start: int, count: int, size: int) -> torch.Tensor:
-    """Keys start .. start + count·size of (B, H_kv, N, d) as (B·H_kv, count, size, d): a view."""
-    b, h_kv, _, d = x.shape
-    return x[:, :, start : start + count * size].unflatten(2, (count, size)).reshape(b * h_kv, count, size, d)
+def _blocks(x: torch.Tensor | QuantizedKV, start: int, count: int, size: int) -> torch.Tensor:
+    """Keys start .. start + count·size of (B, H_kv, N, d) as (B·H_kv, count, size, d): a view
+    (an int8 cache: those keys dequantized)."""
+    b, h_kv = x.shape[:2]
+    piece = dequantized(x[:, :, start : start + count * size])
+    return piece.unflatten(2, (count, size)).reshape(b * h_kv, count, size, piece.shape[-1])
 
 
 def _block_ranges(n: int, block: int):
-    """(start, count, size): the whole blocks, then the shorter tail block if any."""
+    """(start, count, size) per kernel call: whole blocks, at most BLOCKS_PER_CALL at a time,
+    then the shorter tail block if any."""
     full, tail = divmod(n, block)
-    if full:
-        yield 0, full, block
+    for first in range(0, full, BLOCKS_PER_CALL):
+        yield first * block, min(BLOCKS_PER_CALL, full - first), block
     if tail:
         yield full * block, 1, tail
 
@@ -60,15 +68,16 @@ def _merge(outs: torch.Tensor, lses: torch.Tensor, shape) -> torch.Tensor:
 
 def decode_attention(
     q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
+    k: torch.Tensor | QuantizedKV,
+    v: torch.Tensor | QuantizedKV,
     key_mask: torch.Tensor | None = None,
     scale: float | None = None,
     block: int = KEY_BLOCK,
 ) -> torch.Tensor:
     """Attention of one query per head to every key: q (B, H, 1, d); k, v (B, H_kv, N, d) with
-    ``H % H_kv == 0``; ``key_mask`` (B, 1, 1, N), True on real keys -> (B, H, 1, d_v) in q's
-    dtype. CPU tensors only (elsewhere: :func:`decode_attention_reference`)."""
+    ``H % H_kv == 0``, or int8 (:class:`~yoco.ops.quantize.QuantizedKV`); ``key_mask``
+    (B, 1, 1, N), True on real keys -> (B, H, 1, d_v) in q's dtype. The fused kernel is CPU
+    only; elsewhere this is :func:`decode_attention_reference`."""
     _check(q, k)
     if _FUSED is None or q.device.type != "cpu":
         return decode_attention_reference(q, k, v, key_mask, scale, block)
@@ -101,8 +110,8 @@ def decode_attention(
 
 def decode_attention_reference(
     q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
+    k: torch.Tensor | QuantizedKV,
+    v: torch.Tensor | QuantizedKV,
     key_mask: torch.Tensor | None = None,
     scale: float | None = None,
     block: int = KEY_BLOCK,

@@ -1,0 +1,85 @@
+"""Int8 keys and values: one float32 scale per vector, the cache format of ``kv_cache_dtype="int8"``.
+
+Each key or value vector x (one token, one head: the last axis) is stored as
+``q = round(x / s)`` in int8 with ``s = max|x| / 127``, and read back as ``q · s``: the error
+of every element is at most ``s / 2``, half a step of its own vector's grid. With 64-wide heads
+that is 64 + 4 bytes per vector against 128 in bfloat16 (0.53x). The format is the one of
+llama.cpp's q8_0 cache and transformers' quantized cache, with one scale per whole head vector.
+
+:class:`QuantizedKV` stands in for the (B, H, N, d) tensor it stores: it is indexed, written
+and concatenated along the leading axes like a tensor, and attention dequantizes what it reads
+(:func:`dequantized`), block by block in a decoding step (:mod:`yoco.ops.decode_attention`), so
+the whole cache never exists in floating point at once.
+"""
+
+import torch
+
+QMAX = 127
+
+
+def quantize_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (..., d) -> (int8 values (..., d), float32 scales (..., 1)) with x ≈ values · scales."""
+    x = x.float()
+    scales = x.abs().amax(-1, keepdim=True) / QMAX
+    # An all-zero vector has scale 0: divide by 1 instead, its values are 0 either way.
+    values = torch.round(x / torch.where(scales > 0, scales, 1.0)).clamp(-QMAX, QMAX)
+    return values.to(torch.int8), scales
+
+
+def dequantize_int8(values: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """values · scales in float32, rounded once to ``dtype``."""
+    return (values.float() * scales).to(dtype)
+
+
+class QuantizedKV:
+    """A (..., N, d) tensor of keys or values held as int8 values and float32 scales (..., N, 1).
+
+    Indexing with leading-axis indices (rows, heads, positions; never the last axis) gives a
+    QuantizedKV of the selection (views where a tensor would give views); assigning a float
+    tensor quantizes it, assigning a QuantizedKV copies its values and scales as they are.
+    ``dtype`` is the dtype it dequantizes to, the model's."""
+
+    def __init__(self, values: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype):
+        self.values, self.scales, self.dtype = values, scales, dtype
+
+    @classmethod
+    def zeros(cls, shape, dtype: torch.dtype, device) -> "QuantizedKV":
+        values = torch.zeros(shape, dtype=torch.int8, device=device)
+        return cls(values, torch.zeros((*shape[:-1], 1), dtype=torch.float32, device=device), dtype)
+
+    @classmethod
+    def cat(cls, parts: list["QuantizedKV"], dim: int) -> "QuantizedKV":
+        if dim in (-1, parts[0].values.dim() - 1):
+            raise ValueError("QuantizedKV concatenates along leading axes only")
+        values = torch.cat([p.values for p in parts], dim=dim)
+        return cls(values, torch.cat([p.scales for p in parts], dim=dim), parts[0].dtype)
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.values.shape
+
+    @property
+    def device(self) -> torch.device:
+        return self.values.device
+
+    def __getitem__(self, index) -> "QuantizedKV":
+        return QuantizedKV(self.values[index], self.scales[index], self.dtype)
+
+    def __setitem__(self, index, x) -> None:
+        if isinstance(x, QuantizedKV):
+            values, scales = x.values, x.scales
+        else:
+            values, scales = quantize_int8(x)
+        self.values[index] = values
+        self.scales[index] = scales
+
+    def nbytes(self) -> int:
+        return self.values.numel() + 4 * self.scales.numel()
+
+    def dequantize(self) -> torch.Tensor:
+        return dequantize_int8(self.values, self.scales, self.dtype)
+
+
+def dequantized(x: "torch.Tensor | QuantizedKV") -> torch.Tensor:
+    """The floating-point tensor ``x`` stands for (``x`` itself unless it is quantized)."""
+    return x.dequantize() if isinstance(x, QuantizedKV) else x
