@@ -1,10 +1,11 @@
-"""Decode attention: one query per head over a long K/V, split-K against SDPA.
+"""Decode attention: one query per head over a long K/V, split-K against SDPA, and over int8.
 
     python benchmarks/decode_attention.py [--lengths 4096 16384 131072] [--kv-heads 8 2]
 
 Prints, per storage dtype, number of K/V heads and cache length, the time of one step's
-attention (best of 7) and the bytes it must read per second, beside the plain read bandwidth
-measured in the same run. 8 query heads of 64 dimensions, batch 1, the cache a slice of a
+attention (best of 7) and the share of the plain read bandwidth (measured in the same run) at
+which it reads the cache: SDPA, split-K, and split-K over the same keys and values stored
+int8 (:mod:`yoco.ops.quantize`; its share counts the int8 bytes it reads). 8 query heads of 64 dimensions, batch 1, the cache a slice of a
 larger buffer as in a decoding cache. Results: docs/BENCHMARKS.md.
 """
 
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from yoco.bench.environment import environment
 from yoco.bench.profile import read_bandwidth
 from yoco.ops.decode_attention import decode_attention
+from yoco.ops.quantize import QuantizedKV, quantize_int8
 
 HEADS, HEAD_DIM = 8, 64
 
@@ -52,9 +54,16 @@ def main() -> None:
                 gib = 2 * k.numel() * k.element_size() / 2**30
                 sdpa = best_ms(F.scaled_dot_product_attention, q, k, v, enable_gqa=kv_heads != HEADS)
                 split = best_ms(decode_attention, q, k, v)
+                k8, v8 = (QuantizedKV(*quantize_int8(x), dtype) for x in (k, v))
+                int8 = best_ms(decode_attention, q, k8, v8)
+                int8_gib = (k8.nbytes() + v8.nbytes()) / 2**30
+
+                def share(gib_read: float, ms: float) -> str:  # of the plain read bandwidth
+                    return f"{gib_read / ms * 1e3 / bandwidth:.0%}"
+
                 print(
                     f"| {str(dtype)[6:]} | {kv_heads} | {n} | {gib * 1024:.0f} | {sdpa:.2f} | {split:.2f} "
-                    f"| {gib / sdpa * 1e3 / bandwidth:.0%} | {gib / split * 1e3 / bandwidth:.0%} |",
+                    f"| {int8:.2f} | {share(gib, sdpa)} | {share(gib, split)} | {share(int8_gib, int8)} |",
                     flush=True,
                 )
 

@@ -34,6 +34,28 @@ def test_quick_bench_measures_every_cell_and_writes_outputs(tmp_path):
     assert f"Python {platform.python_version()}" in text and env["cpu"] in text and env["date"] in text
 
 
+def test_long_bench_quick_measures_yoco_in_both_cache_formats_and_extrapolates_the_transformer(tmp_path):
+    doc = tmp_path / "BENCHMARKS.md"
+    doc.write_text("# Benchmarks\n")
+    # A zero budget: the Transformer runs its first length only, and the next is extrapolated.
+    argv = ["--long", "--quick", "--transformer-budget-s", "0", "--out", str(tmp_path / "bench")]
+    main([*argv, "--benchmarks-md", str(doc), "--no-progress"])
+    results = json.loads((tmp_path / "bench" / "long.json").read_text())
+    rows = {(r["system"], r["kv_cache_dtype"], r["length"]): r for r in results["rows"]}
+    for system in ("yoco-gret", "yoco-swa"):
+        for n in (256, 512):
+            bf16, int8 = rows[(system, "auto", n)], rows[(system, "int8", n)]
+            assert bf16["measured"] and bf16["prefill_s"] > 0 and bf16["step_s"] > 0
+            assert int8["cache_bytes"] < bf16["cache_bytes"]
+    transformer = rows[("transformer", "auto", 256)], rows[("transformer", "auto", 512)]
+    assert transformer[0]["measured"] and not transformer[1]["measured"]
+    # Its cache grows linearly: the extrapolated one is exactly twice the measured one.
+    assert transformer[1]["cache_bytes"] == 2 * transformer[0]["cache_bytes"]
+    text = doc.read_text()
+    assert "<!-- long:start -->" in text and "(extrapolated)" in text and "(int8 cache)" in text
+    assert (tmp_path / "bench" / "long.png").stat().st_size > 0
+
+
 def test_theoretical_ratios_match_the_issue_figures():
     """The FLOP-count limits quoted for d=512, 8 layers: ~6x (gRet) / ~5.3x (SWA) at 16K."""
     shape = Shape(32000, 512, 1376, 8, 8, 8)

@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from yoco.bench import report
+from yoco.bench import long, report
 from yoco.bench.profile import DTYPES, run
 from yoco.bench.systems import SYSTEMS
 
@@ -14,6 +14,18 @@ from yoco.bench.systems import SYSTEMS
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="yoco bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny shape and grid (a smoke test)")
+    parser.add_argument(
+        "--long",
+        action="store_true",
+        help="the long-context benchmark instead: YOCO 32K..1M in bfloat16 (bf16 and int8 cache), "
+        "the Transformer as far as --transformer-budget-s allows",
+    )
+    parser.add_argument(
+        "--transformer-budget-s",
+        type=float,
+        default=300.0,
+        help="with --long: seconds of Transformer prefill to spend before extrapolating",
+    )
     parser.add_argument("--lengths", type=int, nargs="+", help="context lengths (default 1K..32K)")
     parser.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES))
     parser.add_argument("--systems", nargs="+", choices=SYSTEMS)
@@ -37,9 +49,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     args.argv = list(argv if argv is not None else [])
-    results = run(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.long:
+        return long_context(args, out)
+    results = run(args)
     (out / "profile.json").write_text(json.dumps(results, indent=1))
     (out / "profile.md").write_text(report.markdown(results, image_dir="."))
     report.plots(results, out)
@@ -48,4 +62,18 @@ def main(argv: list[str] | None = None) -> dict:
         markdown = report.markdown(results, image_dir=os.path.relpath(out, doc.parent))
         report.update_section(doc, args.section, markdown, relative_to=out)
     print(report.summary(results))
+    return results
+
+
+def long_context(args, out: Path) -> dict:
+    results = long.run_long(args)
+    (out / "long.json").write_text(json.dumps(results, indent=1))
+    long.plot(results, out / "long.png")
+    (out / "long.md").write_text(long.markdown(results, image="long.png"))
+    if args.benchmarks_md:
+        doc = Path(args.benchmarks_md)
+        image = os.path.join(os.path.relpath(out, doc.parent), "long.png")
+        section = "long" if args.section == "profile" else args.section
+        report.update_section(doc, section, long.markdown(results, image=image), relative_to=out)
+    print(long.markdown(results))
     return results

@@ -1,0 +1,270 @@
+"""`yoco bench --long`: the paper's long-context axis, 32K to 1M tokens, on this CPU.
+
+For YOCO-gRet and YOCO-SWA in bfloat16, with the cache in bfloat16 and in int8, one prefill of a
+random prompt per length (chunks of ``PREFILL_CHUNK``) and then ``DECODE_STEPS`` greedy steps
+at batch 1. Every speed is put beside the limit it is bounded by, measured in the same run:
+
+* prefill: FLOPs (:func:`yoco.bench.flops.prefill_flops`) per second as a share of the bfloat16
+  matrix-product rate (a 4096³ product);
+* decode: the bytes one step must move (the weights once, YOCO's shared K/V once per
+  cross-decoder layer, the self-decoder's state, as the cache reports them) per second as a
+  share of the plain read bandwidth.
+
+Our Transformer runs the same lengths in bfloat16 until the next length would not fit the time
+budget; beyond that its prefill time, cache and decode step are extrapolated from its own
+measured points (a fit of time = a·N + b·N², cache bytes exact, step = c + d·N) and marked as
+such. The ratios sit beside the paper's (3B model on an H100, so only their trend compares).
+"""
+
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import yoco
+from yoco.bench.environment import describe, environment
+from yoco.bench.flops import parameter_count, prefill_flops
+from yoco.bench.profile import DEFAULT_SHAPE, QUICK_SHAPE, PeakRSS, matmul_peak, read_bandwidth
+from yoco.bench.report import LABELS, _k, _table
+from yoco.bench.systems import build_model
+
+LENGTHS = [2**15 * 2**i for i in range(6)]  # 32K .. 1M
+QUICK_LENGTHS = [256, 512]
+PREFILL_CHUNK = 16384
+DECODE_STEPS = 8
+# The paper's Figure (3B, H100): Transformer / YOCO-gRet prefill time and total memory.
+PAPER = {
+    2**15: (2.87, 1.95),
+    2**16: (5.05, 2.32),
+    2**17: (8.36, 3.01),
+    2**18: (15.55, 4.16),
+    2**19: (30.3, 6.39),
+    2**20: (71.8, 9.38),
+}
+GiB = 2**30
+
+
+def step_bytes(model, cache, system: str, shape) -> int:
+    """Bytes one decode step must move: the weights every step reads (not the embedding table:
+    one row of it) once, plus the cache as attention reads it."""
+    weights = parameter_count(shape, system) * next(model.parameters()).element_size()
+    if system == "transformer":
+        return weights + cache.nbytes()
+    return weights + shape.cross_layers * cache.shared_kv.nbytes() + cache.self_decoder_nbytes()
+
+
+@torch.no_grad()
+def measure(model, system: str, shape, n: int, kv_cache_dtype: str, chunk: int) -> dict:
+    ids = torch.randint(0, shape.vocab_size, (1, n), generator=torch.Generator().manual_seed(n))
+    with PeakRSS() as rss:
+        start = time.perf_counter()
+        logits, cache = yoco.prefill(
+            model, ids, chunk, capacity=n + DECODE_STEPS + 1, kv_cache_dtype=kv_cache_dtype
+        )
+        prefill_s = time.perf_counter() - start
+        cache_bytes = cache.nbytes()
+        token = logits.argmax(-1, keepdim=True)
+        logits = model(token, cache=cache, logits_to_keep=1).logits[:, -1]  # warm-up step
+        start = time.perf_counter()
+        for _ in range(DECODE_STEPS):
+            token = logits.argmax(-1, keepdim=True)
+            logits = model(token, cache=cache, logits_to_keep=1).logits[:, -1]
+        step_s = (time.perf_counter() - start) / DECODE_STEPS
+    return dict(
+        system=system,
+        kv_cache_dtype=kv_cache_dtype,
+        length=n,
+        prefill_s=prefill_s,
+        flops=prefill_flops(system, shape, n),
+        cache_bytes=cache_bytes,
+        peak_rss_bytes=rss.peak,
+        rss_growth_bytes=rss.growth,
+        step_s=step_s,
+        step_bytes=step_bytes(model, cache, system, shape),
+        measured=True,
+    )
+
+
+def extrapolate(rows: list[dict], lengths: list[int], shape) -> list[dict]:
+    """The Transformer at the lengths it was not run at, from its measured rows."""
+    n = np.array([r["length"] for r in rows], dtype=float)
+    (a, b), *_ = np.linalg.lstsq(np.stack([n, n**2], 1), np.array([r["prefill_s"] for r in rows]), rcond=None)
+    step_fit = np.polyfit(n, [r["step_s"] for r in rows], 1) if len(rows) > 1 else (0.0, rows[0]["step_s"])
+    per_token = rows[-1]["cache_bytes"] / rows[-1]["length"]
+    weights = rows[-1]["step_bytes"] - rows[-1]["cache_bytes"]
+    out = []
+    for length in lengths:
+        if length <= rows[-1]["length"]:
+            continue
+        cache = per_token * length
+        out.append(
+            dict(
+                system="transformer",
+                kv_cache_dtype="auto",
+                length=length,
+                prefill_s=a * length + b * length**2,
+                flops=prefill_flops("transformer", shape, length),
+                cache_bytes=cache,
+                peak_rss_bytes=None,
+                rss_growth_bytes=None,
+                step_s=float(np.polyval(step_fit, length)),
+                step_bytes=weights + cache,
+                measured=False,
+            )
+        )
+    return out
+
+
+def run_long(args) -> dict:
+    shape = QUICK_SHAPE if args.quick else DEFAULT_SHAPE
+    lengths = args.lengths or (QUICK_LENGTHS if args.quick else LENGTHS)
+    chunk = 128 if args.quick else PREFILL_CHUNK
+    budget_s = args.transformer_budget_s
+    peak = matmul_peak(torch.bfloat16, size=512 if args.quick else 4096)
+    bandwidth = read_bandwidth(32 * 2**20 if args.quick else 512 * 2**20)
+    rows = []
+    bar = tqdm(total=2 * 2 * len(lengths) + len(lengths), desc="yoco bench --long", disable=args.no_progress)
+    for system in ("yoco-gret", "yoco-swa"):
+        model = build_model(system, shape, torch.bfloat16, max(lengths) + DECODE_STEPS + 1)
+        for kv_cache_dtype in ("auto", "int8"):
+            for n in lengths:
+                bar.set_postfix_str(f"{system} {kv_cache_dtype} {_k(n)}")
+                rows.append(measure(model, system, shape, n, kv_cache_dtype, chunk))
+                bar.update()
+        del model
+    model = build_model("transformer", shape, torch.bfloat16, max(lengths) + DECODE_STEPS + 1)
+    spent, measured = 0.0, []
+    for n in lengths:
+        if measured:  # prefill grows at most quadratically: stop before overrunning the budget
+            last = measured[-1]
+            if spent + last["prefill_s"] * (n / last["length"]) ** 2 > budget_s:
+                break
+        bar.set_postfix_str(f"transformer {_k(n)}")
+        measured.append(measure(model, "transformer", shape, n, "auto", chunk))
+        spent += measured[-1]["prefill_s"]
+        bar.update()
+    bar.close()
+    rows += measured + extrapolate(measured, lengths, shape)
+    for row in rows:
+        row["flops_share"] = row["flops"] / row["prefill_s"] / peak
+        row["read_share"] = row["step_bytes"] / row["step_s"] / bandwidth
+    return dict(
+        meta=dict(
+            command="yoco bench --long " + " ".join(args.argv),
+            environment=environment(),
+            shape=shape.__dict__,
+            lengths=lengths,
+            prefill_chunk=chunk,
+            decode_steps=DECODE_STEPS,
+            transformer_budget_s=budget_s,
+        ),
+        bf16_matmul_flops=peak,
+        read_bytes_per_s=bandwidth,
+        rows=rows,
+    )
+
+
+def markdown(results, image: str | None = None) -> str:
+    meta = results["meta"]
+    peak, bandwidth = results["bf16_matmul_flops"], results["read_bytes_per_s"]
+    out = [
+        f"Command: `{meta['command']}`  ",
+        describe(meta["environment"]),
+        f"Shape: {meta['shape']}, bfloat16 weights.  ",
+        f"Limits measured in this run: bfloat16 matrix product {peak / 1e9:.0f} GFLOP/s, plain read "
+        f"{bandwidth / GiB:.1f} GiB/s. Prefill in chunks of {meta['prefill_chunk']} tokens; decode "
+        f"{meta['decode_steps']} greedy steps at batch 1 after one warm-up step. Transformer rows in "
+        f"italics are extrapolated from its measured ones (its run stops within {meta['transformer_budget_s']:.0f} s "
+        "of prefill).",
+        "",
+    ]
+    body = []
+    for r in results["rows"]:
+        cells = [
+            LABELS[r["system"]] + (" (int8 cache)" if r["kv_cache_dtype"] == "int8" else ""),
+            _k(r["length"]),
+            f"{r['prefill_s']:.1f}",
+            f"{r['flops_share']:.0%}",
+            f"{r['cache_bytes'] / GiB:.3f}",
+            "" if r["peak_rss_bytes"] is None else f"{r['peak_rss_bytes'] / GiB:.2f}",
+            f"{1e3 * r['step_s']:.1f}",
+            f"{r['read_share']:.0%}",
+        ]
+        body.append(cells if r["measured"] else [f"*{c}*" if c else c for c in cells])
+    header = [
+        "system",
+        "prompt",
+        "prefill s",
+        "of matmul rate",
+        "cache GiB",
+        "peak RSS GiB",
+        "decode ms/token",
+        "of read bandwidth",
+    ]
+    out.append(_table(header, body))
+    out += ["", "Transformer / YOCO-gRet (bf16 cache), beside the paper's (3B, H100):", ""]
+    index = {(r["system"], r["kv_cache_dtype"], r["length"]): r for r in results["rows"]}
+    ratios = []
+    for n in meta["lengths"]:
+        t, y = index.get(("transformer", "auto", n)), index.get(("yoco-gret", "auto", n))
+        if not (t and y):
+            continue
+        paper = PAPER.get(n, (None, None))
+        mark = "" if t["measured"] else " (extrapolated)"
+        ratios.append(
+            [
+                _k(n),
+                f"{t['prefill_s'] / y['prefill_s']:.1f}x{mark}",
+                "" if paper[0] is None else f"{paper[0]}x",
+                f"{t['cache_bytes'] / y['cache_bytes']:.1f}x",
+                "" if paper[1] is None else f"{paper[1]}x (total memory)",
+                f"{t['step_s'] / y['step_s']:.1f}x{mark}",
+            ]
+        )
+    out.append(_table(["prompt", "prefill time", "paper", "cache", "paper", "decode step time"], ratios))
+    if image:
+        out += ["", f"![long context]({image})"]
+    return "\n".join(out)
+
+
+def plot(results, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = results["rows"]
+    panels = [("prefill_s", "prefill seconds"), ("cache_bytes", "cache GiB"), ("step_s", "decode ms/token")]
+    scale = {"prefill_s": 1.0, "cache_bytes": 1 / GiB, "step_s": 1e3}
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
+    series = sorted({(r["system"], r["kv_cache_dtype"]) for r in rows})
+    for ax, (key, title) in zip(axes, panels, strict=True):
+        for system, kv in series:
+            own = [r for r in rows if (r["system"], r["kv_cache_dtype"]) == (system, kv)]
+            label = LABELS[system] + (" int8 cache" if kv == "int8" else "")
+            measured = [r for r in own if r["measured"]]
+            line = ax.plot(
+                [r["length"] for r in measured],
+                [r[key] * scale[key] for r in measured],
+                marker="o",
+                label=label,
+            )
+            guessed = [measured[-1], *[r for r in own if not r["measured"]]] if measured else []
+            if len(guessed) > 1:
+                ax.plot(
+                    [r["length"] for r in guessed],
+                    [r[key] * scale[key] for r in guessed],
+                    linestyle="--",
+                    color=line[0].get_color(),
+                    label=f"{label} (extrapolated)",
+                )
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("prompt length (tokens)")
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
