@@ -17,6 +17,7 @@ COMMANDS = {
     ),
     "compare": ("yoco.demo.compare:main", "compare untrained YOCO and Transformer models of the same shape"),
     "generate": ("yoco.inference.command:main", "stream a completion from a model"),
+    "serve": ("yoco.serve.command:main", "an OpenAI-compatible server with continuous batching"),
     "train": ("yoco.train.command:main", "train a model from a TOML recipe"),
     "plot": ("yoco.train.command:plot", "draw the loss curve of a training run"),
     "tokenizer": ("yoco.tokenizer.command:main", "train a BPE tokenizer: yoco tokenizer train ..."),
