@@ -20,7 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram,
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from pydantic import BaseModel, ConfigDict, Field
 
-from yoco.serve.engine import Engine, QueueFull
+from yoco.serve.engine import Engine, QueueFull, RequestError
 from yoco.serve.engine import Request as EngineRequest
 
 
@@ -225,27 +225,6 @@ def create_app(
     async def run(engine: Engine, tokenizer, body, ids: list[int], request: Request, kind: str):
         if body.n != 1:
             raise BadRequest("only n = 1 is supported", "n")
-        if not ids:
-            raise BadRequest("prompt is empty: give at least one token", "prompt")
-        if body.max_tokens < 1:
-            raise BadRequest(f"max_tokens must be >= 1, got {body.max_tokens}", "max_tokens")
-        if body.temperature < 0:
-            raise BadRequest(f"temperature must be >= 0, got {body.temperature}", "temperature")
-        if not 0 < body.top_p <= 1:
-            raise BadRequest(f"top_p must be in (0, 1], got {body.top_p}", "top_p")
-        if body.top_k is not None and body.top_k < 1:
-            raise BadRequest(f"top_k must be >= 1, got {body.top_k}", "top_k")
-        vocab = engine.model.config.vocab_size
-        bad = [t for t in ids if not 0 <= t < vocab]
-        if bad:
-            raise BadRequest(f"token id {bad[0]} is outside the vocabulary [0, {vocab})", "prompt")
-        limit = engine.model.config.max_position_embeddings
-        if len(ids) + body.max_tokens > limit:
-            raise BadRequest(
-                f"prompt of {len(ids)} tokens + max_tokens {body.max_tokens} exceeds the model's "
-                f"{limit} positions",
-                "max_tokens",
-            )
         loop, queue = asyncio.get_running_loop(), asyncio.Queue()
         eos = tokenizer.eos_token_id
         job = EngineRequest(
@@ -254,7 +233,7 @@ def create_app(
             emit=lambda token, reason: loop.call_soon_threadsafe(queue.put_nowait, (token, reason)),
             temperature=body.temperature,
             top_k=body.top_k,
-            top_p=body.top_p if body.top_p < 1 else None,
+            top_p=body.top_p,
             stop_token_ids=frozenset() if eos is None else frozenset([eos]),
             seed=body.seed,
         )
@@ -262,8 +241,8 @@ def create_app(
             engine.submit(job)
         except QueueFull as error:
             raise BadRequest(str(error), None, status=429, kind="rate_limit_error") from error
-        except ValueError as error:
-            raise BadRequest(str(error), "max_tokens") from error
+        except RequestError as error:  # checked by the engine, which names the field
+            raise BadRequest(str(error), error.param) from error
         stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         stream = TextStream(tokenizer, stops)
         name = f"{'chatcmpl' if kind == 'chat.completion' else 'cmpl'}-{uuid.uuid4().hex}"

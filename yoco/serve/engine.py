@@ -41,6 +41,14 @@ class QueueFull(Exception):
     """The waiting queue is at ``max_queue``: the HTTP layer answers 429."""
 
 
+class RequestError(ValueError):
+    """A request that can never run; ``param`` names the field at fault (the HTTP layer's 400)."""
+
+    def __init__(self, message: str, param: str):
+        super().__init__(message)
+        self.param = param
+
+
 @dataclass(eq=False)
 class Request:
     prompt: list[int]
@@ -107,16 +115,23 @@ class Engine:
         return self.fixed_bytes + self.bytes_per_token * tokens
 
     def check(self, request: Request) -> None:
-        """Raise ValueError for a request that can never run (checked before it queues)."""
-        check_prompt(self.model, request.prompt, request.max_tokens)
+        """Raise RequestError for a request that can never run (checked before it queues)."""
         if request.max_tokens < 1:
-            raise ValueError(f"max_tokens must be >= 1, got {request.max_tokens}")
-        check_sampling(request.temperature, request.top_k, request.top_p)
+            raise RequestError(f"max_tokens must be >= 1, got {request.max_tokens}", "max_tokens")
+        try:
+            check_sampling(request.temperature, request.top_k, request.top_p)
+        except ValueError as error:  # its messages begin with the field's name
+            raise RequestError(str(error), str(error).split()[0]) from error
+        try:
+            check_prompt(self.model, request.prompt, request.max_tokens)
+        except ValueError as error:  # empty, ids outside the vocabulary, or too long with max_tokens
+            raise RequestError(str(error), "max_tokens" if "exceeds" in str(error) else "prompt") from error
         need = self.cache_bytes(len(request.prompt) + request.max_tokens)
         if need > self.budget:
-            raise ValueError(
+            raise RequestError(
                 f"prompt of {len(request.prompt)} tokens + max_tokens {request.max_tokens} needs a "
-                f"{need / 2**20:.1f} MiB cache, more than the whole budget of {self.budget / 2**20:.1f} MiB"
+                f"{need / 2**20:.1f} MiB cache, more than the whole budget of {self.budget / 2**20:.1f} MiB",
+                "max_tokens",
             )
 
     def submit(self, request: Request) -> None:
