@@ -44,7 +44,7 @@ PARTS = {
 }
 PRESETS = {
     # A randomly initialised shape for trying the engine before any training (yoco generate
-    # --config tiny) and for the copy probe: width 128, 4 layers, byte vocabulary.
+    # --config tiny) and for the copy and needle recipes: width 128, 4 layers, byte vocabulary.
     "tiny": dict(
         vocab_size=BYTE_VOCAB_SIZE,
         hidden_size=128,
