@@ -299,6 +299,41 @@ class RecurrentState:
         return out
 
 
+class ConvState:
+    """The last K-1 inputs (B, K-1, C) of a short convolution (yoco.ops.short_conv), per row;
+    zeros before a row's first token, which is what the convolution pads with."""
+
+    def __init__(self, batch: int, kernel: int, channels: int, dtype, device):
+        self.past = torch.zeros(batch, kernel - 1, channels, dtype=dtype, device=device)
+        self.lengths = [0] * batch
+
+    def push(self, past: torch.Tensor, n: int) -> None:
+        """Keep the new last inputs after a step of ``n`` tokens per row."""
+        self.past = past.to(self.past.dtype)
+        self.lengths = [length + n for length in self.lengths]
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        self.past = self.past[rows]
+        self.lengths = [self.lengths[i] for i in rows.tolist()]
+
+    def nbytes(self) -> int:
+        return self.past.numel() * self.past.element_size()
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"past": self.past}
+
+    def load_tensors(self, tensors: dict[str, torch.Tensor], lengths: list[int]) -> None:
+        self.past.copy_(tensors["past"])
+        self.lengths = list(lengths)
+
+    @classmethod
+    def stack(cls, stores: list["ConvState"]) -> "ConvState":
+        out = cls.__new__(cls)
+        out.past = torch.cat([s.past for s in stores])
+        out.lengths = [n for s in stores for n in s.lengths]
+        return out
+
+
 class ModelCache(Cache):
     """What both model caches share: per-row lengths, byte counts, batching, HF plumbing."""
 
@@ -405,7 +440,13 @@ class RecurrentCache(ModelCache):
 
 
 class YocoCache(ModelCache):
-    def __init__(self, self_decoder: list, shared_kv: GrowingKV | None, dtype: torch.dtype):
+    def __init__(
+        self,
+        self_decoder: list,
+        shared_kv: GrowingKV | None,
+        dtype: torch.dtype,
+        convs: list[ConvState] | None = None,
+    ):
         super().__init__(dtype)
         # One store per self-decoder layer: WindowKV (SWA), RecurrentState (gRet, retention) or
         # GrowingKV (dilated attention).
@@ -413,15 +454,17 @@ class YocoCache(ModelCache):
         # The one global cache every cross-decoder layer reads (None in a model without a
         # cross-decoder, YocoConfig.cross_decoder=False).
         self.shared_kv = shared_kv
+        # Each self-decoder layer's short-convolution inputs (YocoConfig.short_conv_size > 0).
+        self.convs = convs or []
 
     def stores(self) -> list:
-        return [*self.self_decoder, *([self.shared_kv] if self.shared_kv is not None else [])]
+        return [*self.self_decoder, *([self.shared_kv] if self.shared_kv is not None else []), *self.convs]
 
     def crop(self, tokens_to_remove: int) -> None:
         refuse_rollback(tokens_to_remove)
 
     def self_decoder_nbytes(self) -> int:
-        return sum(store.nbytes() for store in self.self_decoder)
+        return sum(store.nbytes() for store in [*self.self_decoder, *self.convs])
 
     @classmethod
     def stack(cls, caches: list["YocoCache"]) -> "YocoCache":
@@ -431,4 +474,5 @@ class YocoCache(ModelCache):
             [type(stores[0]).stack(list(stores)) for stores in per_layer],
             GrowingKV.stack(shared) if shared[0] is not None else None,
             caches[0].model_dtype,
+            [ConvState.stack(list(stores)) for stores in zip(*(c.convs for c in caches), strict=True)],
         )

@@ -11,7 +11,14 @@ from transformers.generation.logits_process import (
 )
 
 import yoco
-from tests.helpers import MODEL_KINDS, greedy_by_full_forward, prompt_of, sharpen_attention, tiny_model
+from tests.helpers import (
+    MODEL_KINDS,
+    cached_logits,
+    greedy_by_full_forward,
+    prompt_of,
+    sharpen_attention,
+    tiny_model,
+)
 from yoco.inference.sampling import sample_next
 from yoco.ops.attention import SPLIT_K_FROM
 
@@ -495,3 +502,22 @@ def test_int8_batches_of_unequal_prompts_equal_single_runs_and_bad_formats_are_r
         yoco.generate(model, prompts, 6, kv_cache_dtype="int4")
     with pytest.raises(ValueError, match="kv_cache_dtype must be one of"):
         model.new_cache(1, 8, kv_cache_dtype="float8")
+
+
+@pytest.mark.parametrize("kind", ["yoco-swa+conv", "yoco-gret+conv", "gret-only+conv", "yoco-swa+diff+conv"])
+def test_a_short_convolution_caches_its_last_inputs_exactly(kind, tmp_path):
+    """short_conv_size: cached logits (prefill, chunk, one-token steps) equal the full forward;
+    a batch of unequal prompts equals single runs; a saved cache continues exactly."""
+    model = sharpen_attention(tiny_model(kind))
+    ids = torch.tensor([prompt_of(30), prompt_of(30, seed=1)])
+    with torch.no_grad():
+        torch.testing.assert_close(cached_logits(model, ids), model(ids).logits, atol=1e-5, rtol=0)
+    prompts = [prompt_of(n, seed=n) for n in (1, WINDOW + 1, 3 * WINDOW + 5)]
+    singles = [yoco.generate(model, [p], 6)[0] for p in prompts]
+    assert yoco.generate(model, prompts, 6) == singles
+    assert singles[2] == greedy_by_full_forward(model, prompts[2], 6)
+    _, cache = yoco.prefill(model, prompts[2], chunk_size=8)
+    loaded = yoco.load_cache(model, yoco.save_cache(model, cache, tmp_path / "c.safetensors"))
+    with torch.no_grad():
+        step = torch.tensor([[3]])
+        assert torch.equal(model(step, cache=loaded).logits, model(step, cache=cache).logits)

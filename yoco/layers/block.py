@@ -8,7 +8,8 @@ from yoco.layers.norm import RMSNorm
 
 
 class DecoderLayer(nn.Module):
-    """``y = x + mixer(norm(x))``, then ``y + mlp(norm(y))``.
+    """``y = x + mixer(norm(x))``, then ``y + mlp(norm(y))``; with a ``short_conv`` (YOCO's
+    self-decoder, ``short_conv_size``), ``y = x + mixer(short_conv(norm(x)))``.
 
     The token mixer (attention, sliding window, retention, cross-attention) and the
     feed-forward network (SwiGLU or a mixture of experts) are passed in; the mixer is stored
@@ -23,11 +24,13 @@ class DecoderLayer(nn.Module):
         hidden_size: int,
         eps: float,
         mixer_name: str = "self_attn",
+        short_conv: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.mixer_name = mixer_name
         self.input_layernorm = RMSNorm(hidden_size, eps=eps)
         self.add_module(mixer_name, mixer)
+        self.short_conv = short_conv
         self.post_attention_layernorm = RMSNorm(hidden_size, eps=eps)
         self.mlp = mlp
         # Set by the trainer: recompute this block's activations in the backward pass
@@ -43,6 +46,9 @@ class DecoderLayer(nn.Module):
             return checkpoint(self._forward, x, use_reentrant=False, **mixer_kwargs)
         return self._forward(x, **mixer_kwargs)
 
-    def _forward(self, x: torch.Tensor, **mixer_kwargs) -> torch.Tensor:
-        x = x + self.token_mixer(self.input_layernorm(x), **mixer_kwargs)
+    def _forward(self, x: torch.Tensor, conv_state=None, **mixer_kwargs) -> torch.Tensor:
+        h = self.input_layernorm(x)
+        if self.short_conv is not None:
+            h = self.short_conv(h, conv_state)
+        x = x + self.token_mixer(h, **mixer_kwargs)
         return x + self.mlp(self.post_attention_layernorm(x))

@@ -6,7 +6,8 @@ A model name is a *kind*, optionally followed by *part* suffixes joined with ``+
   ``retnet``, and the controls ``swa-only`` / ``gret-only`` (a YOCO without its cross-decoder:
   the self-decoder mixer in every layer); each is an *architecture* (the config and model classes) plus fixed fields;
 * parts: ``diff`` (differential attention), ``moe`` / ``mhmoe`` (mixture of experts),
-  ``nope`` (a position-free cross-decoder, YOCO only), ``xpos``, ``bitnet``; each is a set of
+  ``nope`` (a position-free cross-decoder, YOCO only), ``xpos``, ``bitnet``, ``conv`` (a
+  short convolution before each self-decoder mixer, YOCO only); each is a set of
   config fields. ``yoco-swa+diff`` is Diff-YOCO with SWA.
 
 :func:`build` makes a freshly initialised model from a name, an optional named preset shape
@@ -41,6 +42,7 @@ PARTS = {
     "nope": {"cross_decoder_positions": False},
     "xpos": {"position_embedding": "xpos"},
     "bitnet": {"bitnet": True},
+    "conv": {"short_conv_size": 4},
 }
 PRESETS = {
     # A randomly initialised shape for trying the engine before any training (yoco generate

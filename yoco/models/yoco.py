@@ -20,7 +20,7 @@ from dataclasses import field
 from huggingface_hub.dataclasses import strict
 from torch import nn
 
-from yoco.cache import GrowingKV, RecurrentState, WindowKV, YocoCache
+from yoco.cache import ConvState, GrowingKV, RecurrentState, WindowKV, YocoCache
 from yoco.layers.block import DecoderLayer
 from yoco.layers.cross_attention import SharedKV
 from yoco.layers.differential_attention import DiffSharedKV, kv_cache_shape
@@ -29,6 +29,7 @@ from yoco.layers.gated_retention import GatedRetention
 from yoco.layers.parts import make_cross_attention, make_mlp, make_self_attention
 from yoco.layers.retention import MultiScaleRetention
 from yoco.layers.rotary import NO_POSITIONS
+from yoco.layers.short_conv import ShortConv
 from yoco.models.base import CausalLM, DecoderBackbone, DecoderConfig, last_positions
 from yoco.ops.dilated_attention import check_patterns
 
@@ -55,6 +56,10 @@ class YocoConfig(DecoderConfig):
     # the controls of the recall ablations ("swa-only", "gret-only" in yoco.models.registry):
     # the self-decoder mixer alone, with no global cache to look anything up in.
     cross_decoder: bool = True
+    # K > 0: a depthwise causal convolution of width K on each self-decoder layer's normalised
+    # input, before its mixer (yoco.layers.short_conv), so every position sees its last K-1
+    # predecessors directly. 0: none.
+    short_conv_size: int = 0
 
     def __post_init__(self, **kwargs):
         if self.num_self_decoder_layers is None:
@@ -88,6 +93,8 @@ class YocoConfig(DecoderConfig):
             )
         if self.gret_chunk_size < 1:
             raise ValueError(f"gret_chunk_size must be >= 1, got {self.gret_chunk_size}")
+        if self.short_conv_size == 1 or self.short_conv_size < 0:
+            raise ValueError(f"short_conv_size must be 0 (none) or >= 2, got {self.short_conv_size}")
         check_patterns(self.dilated_segments, self.dilated_ratios, ("dilated_segments", "dilated_ratios"))
         if self.self_decoder == "dilated" and self.attention_type != "softmax":
             raise ValueError(
@@ -128,7 +135,10 @@ class YocoModel(DecoderBackbone):
         self.self_decoder = nn.ModuleList()
         for i in range(config.num_self_decoder_layers):
             name, mixer = self_decoder_mixer(config, i)
-            self.self_decoder.append(DecoderLayer(mixer, make_mlp(config), mixer_name=name, **block))
+            conv = ShortConv(config.hidden_size, config.short_conv_size) if config.short_conv_size else None
+            self.self_decoder.append(
+                DecoderLayer(mixer, make_mlp(config), mixer_name=name, short_conv=conv, **block)
+            )
         # Differential cross-attention ("Diff-YOCO") reads the same projections packed in pairs.
         shared_kv = DiffSharedKV if config.attention_type == "differential" else SharedKV
         self.shared_kv = (
@@ -148,7 +158,8 @@ class YocoModel(DecoderBackbone):
 
     def body(self, x, rope, cache: YocoCache | None = None, keep_last: int | None = None):
         for i, layer in enumerate(self.self_decoder):
-            x = layer(x, rope=rope, cache=None if cache is None else cache.self_decoder[i])
+            conv = cache.convs[i] if cache is not None and cache.convs else None
+            x = layer(x, rope=rope, cache=None if cache is None else cache.self_decoder[i], conv_state=conv)
         if self.shared_kv is None:  # a self-decoder-only control model
             return last_positions(x, keep_last)
         cross_rope = rope if self.config.cross_decoder_positions else NO_POSITIONS
@@ -206,7 +217,12 @@ class YocoModel(DecoderBackbone):
             if config.cross_decoder
             else None
         )
-        return YocoCache(states, shared, dtype)
+        convs = [
+            ConvState(batch_size, config.short_conv_size, config.hidden_size, dtype, device)
+            for _ in self.self_decoder
+            if config.short_conv_size
+        ]
+        return YocoCache(states, shared, dtype, convs)
 
 
 class YocoForCausalLM(CausalLM):
