@@ -4,6 +4,7 @@ import torch
 from torch import nn
 
 from yoco.cache import GrowingKV, WindowKV
+from yoco.layers.linear import Linear
 from yoco.layers.rotary import Rope
 from yoco.ops.attention import causal_attention
 from yoco.ops.sliding_window import sliding_window_attention
@@ -23,10 +24,10 @@ class SelfAttention(nn.Module):
         self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
         self.head_dim = hidden_size // num_heads
         self.window = window
-        self.q_proj = nn.Linear(hidden_size, num_heads * self.head_dim, bias=False)
-        self.k_proj = nn.Linear(hidden_size, num_kv_heads * self.head_dim, bias=False)
-        self.v_proj = nn.Linear(hidden_size, num_kv_heads * self.head_dim, bias=False)
-        self.o_proj = nn.Linear(num_heads * self.head_dim, hidden_size, bias=False)
+        self.q_proj = Linear(hidden_size, num_heads * self.head_dim, bias=False)
+        self.k_proj = Linear(hidden_size, num_kv_heads * self.head_dim, bias=False)
+        self.v_proj = Linear(hidden_size, num_kv_heads * self.head_dim, bias=False)
+        self.o_proj = Linear(num_heads * self.head_dim, hidden_size, bias=False)
 
     def split_heads(self, x: torch.Tensor, heads: int) -> torch.Tensor:
         b, n, _ = x.shape

@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from yoco.layers.linear import Linear
+
 EPS = 1e-5  # keeps the scales finite for an all-zero weight matrix or token (official code's value)
 ACTIVATION_MAX = 127  # 8-bit activations: integers in [-128, 127]
 
@@ -183,7 +185,7 @@ def convert_to_bitlinear(module: nn.Module) -> int:
     linears = {
         name: child
         for name, child in module.named_modules()
-        if type(child) is nn.Linear and is_in_decoder_blocks(name)
+        if type(child) in (nn.Linear, Linear) and is_in_decoder_blocks(name)  # not BitLinear already
     }
     replace_modules(module, {name: BitLinear.from_linear(linear) for name, linear in linears.items()})
     return len(linears)

@@ -11,6 +11,7 @@ This is why YOCO caches one K/V for the whole model instead of one per layer.
 import torch
 from torch import nn
 
+from yoco.layers.linear import Linear
 from yoco.layers.norm import RMSNorm
 from yoco.layers.rotary import Rope
 from yoco.ops.attention import causal_attention
@@ -23,8 +24,8 @@ class SharedKV(nn.Module):
         super().__init__()
         self.num_kv_heads, self.head_dim = num_kv_heads, head_dim
         self.norm = RMSNorm(hidden_size, eps=eps)
-        self.k_proj = nn.Linear(hidden_size, num_kv_heads * head_dim, bias=False)
-        self.v_proj = nn.Linear(hidden_size, num_kv_heads * head_dim, bias=False)
+        self.k_proj = Linear(hidden_size, num_kv_heads * head_dim, bias=False)
+        self.v_proj = Linear(hidden_size, num_kv_heads * head_dim, bias=False)
 
     def forward(self, x: torch.Tensor, rope: Rope) -> tuple[torch.Tensor, torch.Tensor]:
         b, n, _ = x.shape
@@ -41,8 +42,8 @@ class CrossAttention(nn.Module):
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = hidden_size // num_heads
-        self.q_proj = nn.Linear(hidden_size, hidden_size, bias=False)
-        self.o_proj = nn.Linear(hidden_size, hidden_size, bias=False)
+        self.q_proj = Linear(hidden_size, hidden_size, bias=False)
+        self.o_proj = Linear(hidden_size, hidden_size, bias=False)
 
     def forward(
         self,

@@ -44,6 +44,7 @@ from torch import nn
 
 from yoco.cache import GrowingKV, WindowKV
 from yoco.layers.cross_attention import SharedKV
+from yoco.layers.linear import Linear
 from yoco.layers.norm import RMSNorm
 from yoco.layers.rotary import Rope
 from yoco.ops.attention import causal_attention, causal_mask, repeat_kv
@@ -171,10 +172,10 @@ class DiffSelfAttention(DifferentialHeads):
         super().__init__(head_dim, layer_index, eps)
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.window = window
-        self.q_proj = nn.Linear(hidden_size, num_heads * head_dim, bias=False)
-        self.k_proj = nn.Linear(hidden_size, num_kv_heads * head_dim, bias=False)
-        self.v_proj = nn.Linear(hidden_size, num_kv_heads * head_dim, bias=False)
-        self.o_proj = nn.Linear(num_heads * head_dim, hidden_size, bias=False)
+        self.q_proj = Linear(hidden_size, num_heads * head_dim, bias=False)
+        self.k_proj = Linear(hidden_size, num_kv_heads * head_dim, bias=False)
+        self.v_proj = Linear(hidden_size, num_kv_heads * head_dim, bias=False)
+        self.o_proj = Linear(num_heads * head_dim, hidden_size, bias=False)
 
     def sub_heads(self, x: torch.Tensor, heads: int) -> torch.Tensor:
         b, n, _ = x.shape
@@ -242,8 +243,8 @@ class DiffCrossAttention(DifferentialHeads):
         head_dim = hidden_size // num_heads
         super().__init__(head_dim, layer_index, eps)
         self.num_heads, self.head_dim = num_heads, head_dim
-        self.q_proj = nn.Linear(hidden_size, hidden_size, bias=False)
-        self.o_proj = nn.Linear(hidden_size, hidden_size, bias=False)
+        self.q_proj = Linear(hidden_size, hidden_size, bias=False)
+        self.o_proj = Linear(hidden_size, hidden_size, bias=False)
 
     def forward(
         self,

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from yoco.cache import RecurrentState
+from yoco.layers.linear import Linear
 from yoco.layers.norm import RMSNorm
 from yoco.layers.rotary import Rope
 from yoco.ops.gated_retention import gated_retention_chunkwise, gated_retention_recurrent
@@ -24,13 +25,13 @@ class GatedRetention(nn.Module):
         self.num_heads = num_heads
         self.head_dim = hidden_size // num_heads
         self.chunk_size = chunk_size
-        self.q_proj = nn.Linear(hidden_size, hidden_size, bias=False)
-        self.k_proj = nn.Linear(hidden_size, hidden_size, bias=False)
-        self.v_proj = nn.Linear(hidden_size, hidden_size, bias=False)
-        self.g_proj = nn.Linear(hidden_size, hidden_size, bias=False)  # output gate
-        self.decay_proj = nn.Linear(hidden_size, num_heads, bias=False)  # W_γ
+        self.q_proj = Linear(hidden_size, hidden_size, bias=False)
+        self.k_proj = Linear(hidden_size, hidden_size, bias=False)
+        self.v_proj = Linear(hidden_size, hidden_size, bias=False)
+        self.g_proj = Linear(hidden_size, hidden_size, bias=False)  # output gate
+        self.decay_proj = Linear(hidden_size, num_heads, bias=False)  # W_γ
         self.head_norm = RMSNorm(self.head_dim, eps=eps, elementwise_affine=False)
-        self.o_proj = nn.Linear(hidden_size, hidden_size, bias=False)
+        self.o_proj = Linear(hidden_size, hidden_size, bias=False)
 
     def split_heads(self, x: torch.Tensor) -> torch.Tensor:
         b, n, _ = x.shape

@@ -24,6 +24,7 @@ latter for training logs.
 import torch
 from torch import nn
 
+from yoco.layers.linear import Linear
 from yoco.layers.mlp import SwiGLU
 
 
@@ -36,7 +37,7 @@ class MoE(nn.Module):
             raise ValueError(f"top_k must be in [1, num_experts={num_experts}], got {top_k}")
         self.num_experts = num_experts
         self.top_k = top_k
-        self.router = nn.Linear(hidden_size, num_experts, bias=False)
+        self.router = Linear(hidden_size, num_experts, bias=False)
         self.experts = nn.ModuleList(SwiGLU(hidden_size, intermediate_size) for _ in range(num_experts))
         # Statistics of the last forward (not parameters or buffers: never saved, never synced).
         self.aux_loss: torch.Tensor | None = None
@@ -116,14 +117,14 @@ class MHMoE(nn.Module):
         if hidden_size % heads:
             raise ValueError(f"hidden_size ({hidden_size}) must be divisible by mhmoe_heads ({heads})")
         self.heads = heads
-        self.head_proj = nn.Linear(hidden_size, hidden_size, bias=False)
+        self.head_proj = Linear(hidden_size, hidden_size, bias=False)
         self.moe = MoE(
             hidden_size // heads,
             mhmoe_intermediate_size(hidden_size, intermediate_size, top_k),
             num_experts * heads,
             top_k,
         )
-        self.merge_proj = nn.Linear(hidden_size, hidden_size, bias=False)
+        self.merge_proj = Linear(hidden_size, hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # (..., d) -> (..., h, d/h): the sub-tokens of one position are routed independently,

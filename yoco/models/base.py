@@ -14,6 +14,7 @@ from transformers.modeling_outputs import MoeCausalLMOutputWithPast
 
 from yoco.cache import ModelCache, check_kv_cache_dtype
 from yoco.layers.bitlinear import convert_to_bitlinear
+from yoco.layers.linear import Linear
 from yoco.layers.moe import moe_aux_loss
 from yoco.layers.norm import RMSNorm
 from yoco.layers.rotary import RotaryEmbedding
@@ -129,7 +130,7 @@ class CausalLM(MakesOwnCache, DecoderPreTrainedModel, GenerationMixin):
         self.model = model
         if config.bitnet:
             convert_to_bitlinear(self.model)  # before post_init, so BitLinear weights get the usual init
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
