@@ -307,6 +307,21 @@ def test_an_api_key_guards_everything_but_health_and_big_bodies_get_413(folder):
         stop(served)
 
 
+def test_a_client_whose_body_stalls_gets_a_408_and_others_are_served(folder):
+    served = start(folder, "--body-timeout-s", "0.3")
+    try:
+        with socket.create_connection(("127.0.0.1", served.port), timeout=10) as stalled:
+            head = "POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n"
+            stalled.sendall(head.encode() + b'{"prompt": "a')  # and then nothing more
+            assert (
+                request(served.port, "POST", "/v1/completions", {"prompt": "ok", "max_tokens": 2})[0] == 200
+            )
+            reply = stalled.recv(4096).decode()
+        assert reply.startswith("HTTP/1.1 408") and "stalled" in reply
+    finally:
+        stop(served)
+
+
 def test_serving_other_machines_needs_an_api_key(folder):
     with pytest.raises(ValueError, match="--host 0.0.0.0 serves other machines: give --api-key"):
         parse(["--model", str(folder), "--host", "0.0.0.0"])

@@ -54,9 +54,19 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="allow serving an address other than localhost without an API key",
     )
     parser.add_argument("--max-body-kib", type=int, default=4096, help="larger request bodies get a 413")
+    parser.add_argument(
+        "--body-timeout-s", type=float, default=30.0, help="a request body that stalls this long gets a 408"
+    )
     parser.add_argument("--name", help="the model's name in /v1/models (default: the folder's name)")
     args = parser.parse_args(argv)
-    for flag in ("kv_budget_gib", "max_batch", "max_queue", "prefill_chunk", "max_body_kib"):
+    for flag in (
+        "kv_budget_gib",
+        "max_batch",
+        "max_queue",
+        "prefill_chunk",
+        "max_body_kib",
+        "body_timeout_s",
+    ):
         if getattr(args, flag) <= 0:
             raise ValueError(f"--{flag.replace('_', '-')} must be > 0, got {getattr(args, flag)}")
     if args.prefix_cache_gib < 0:
@@ -118,7 +128,12 @@ def build_server(args: argparse.Namespace) -> tuple[uvicorn.Server, dict]:
             state["engine"].stop()
 
     app = create_app(
-        state, name, api_key=args.api_key, max_body_bytes=args.max_body_kib * 1024, lifespan=lifespan
+        state,
+        name,
+        api_key=args.api_key,
+        max_body_bytes=args.max_body_kib * 1024,
+        body_timeout_s=args.body_timeout_s,
+        lifespan=lifespan,
     )
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning"))
     return server, state
