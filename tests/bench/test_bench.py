@@ -53,6 +53,8 @@ def test_long_bench_quick_measures_yoco_and_an_int8_cache_and_extrapolates_the_t
     assert transformer[1]["cache_bytes"] == 2 * transformer[0]["cache_bytes"]
     text = doc.read_text()
     assert "<!-- long:start -->" in text and "(extrapolated)" in text and "(int8 cache)" in text
+    kept = rows[("yoco-gret", "auto", 512)]  # the longest context is also saved, loaded and continued
+    assert kept["file_bytes"] > kept["cache_bytes"] and kept["load_and_step_s"] > 0 and "Kept context" in text
     assert (tmp_path / "bench" / "long.png").stat().st_size > 0
 
 
