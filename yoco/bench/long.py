@@ -36,6 +36,9 @@ LENGTHS = [2**15 * 2**i for i in range(6)]  # 32K .. 1M
 QUICK_LENGTHS = [256, 512]
 PREFILL_CHUNK = 16384
 DECODE_STEPS = 8
+POSITIONS = (
+    DECODE_STEPS + 2
+)  # after the prompt: the warm-up step, the timed steps, a kept context's next token
 RUNS = [("yoco-gret", "auto"), ("yoco-gret", "int8"), ("yoco-swa", "auto")]  # (system, kv_cache_dtype)
 # The paper's Figure (3B, H100): Transformer / YOCO-gRet prefill time and total memory.
 PAPER = {
@@ -147,7 +150,9 @@ def run_long(args) -> dict:
     rows = []
     bar = tqdm(total=(len(RUNS) + 1) * len(lengths), desc="yoco bench --long", disable=args.no_progress)
     for system, kv_cache_dtype in RUNS:
-        model = build_model(system, shape, torch.bfloat16, max(lengths) + DECODE_STEPS + 1)
+        model = build_model(
+            system, shape, torch.bfloat16, max(lengths) + DECODE_STEPS + 2
+        )  # + the warm-up step and a kept context's next token
         for n in lengths:
             bar.set_postfix_str(f"{system} {kv_cache_dtype} {_k(n)}")
             keep = (system, kv_cache_dtype, n) == (*RUNS[0], max(lengths))  # the longest YOCO-gRet context
@@ -155,7 +160,9 @@ def run_long(args) -> dict:
                 rows.append(measure(model, system, shape, n, kv_cache_dtype, chunk, folder if keep else None))
             bar.update()
         del model
-    model = build_model("transformer", shape, torch.bfloat16, max(lengths) + DECODE_STEPS + 1)
+    model = build_model(
+        "transformer", shape, torch.bfloat16, max(lengths) + DECODE_STEPS + 2
+    )  # + the warm-up step and a kept context's next token
     spent, measured = 0.0, []
     for n in lengths:
         if measured:  # prefill grows at most quadratically: stop before overrunning the budget
