@@ -36,9 +36,8 @@ LENGTHS = [2**15 * 2**i for i in range(6)]  # 32K .. 1M
 QUICK_LENGTHS = [256, 512]
 PREFILL_CHUNK = 16384
 DECODE_STEPS = 8
-POSITIONS = (
-    DECODE_STEPS + 2
-)  # after the prompt: the warm-up step, the timed steps, a kept context's next token
+# Positions after the prompt: the warm-up step, the timed steps and a kept context's next token.
+POSITIONS = DECODE_STEPS + 2
 RUNS = [("yoco-gret", "auto"), ("yoco-gret", "int8"), ("yoco-swa", "auto")]  # (system, kv_cache_dtype)
 # The paper's Figure (3B, H100): Transformer / YOCO-gRet prefill time and total memory.
 PAPER = {
