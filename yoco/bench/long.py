@@ -149,9 +149,7 @@ def run_long(args) -> dict:
     rows = []
     bar = tqdm(total=(len(RUNS) + 1) * len(lengths), desc="yoco bench --long", disable=args.no_progress)
     for system, kv_cache_dtype in RUNS:
-        model = build_model(
-            system, shape, torch.bfloat16, max(lengths) + DECODE_STEPS + 2
-        )  # + the warm-up step and a kept context's next token
+        model = build_model(system, shape, torch.bfloat16, max(lengths) + POSITIONS)
         for n in lengths:
             bar.set_postfix_str(f"{system} {kv_cache_dtype} {_k(n)}")
             keep = (system, kv_cache_dtype, n) == (*RUNS[0], max(lengths))  # the longest YOCO-gRet context
@@ -159,9 +157,7 @@ def run_long(args) -> dict:
                 rows.append(measure(model, system, shape, n, kv_cache_dtype, chunk, folder if keep else None))
             bar.update()
         del model
-    model = build_model(
-        "transformer", shape, torch.bfloat16, max(lengths) + DECODE_STEPS + 2
-    )  # + the warm-up step and a kept context's next token
+    model = build_model("transformer", shape, torch.bfloat16, max(lengths) + POSITIONS)
     spent, measured = 0.0, []
     for n in lengths:
         if measured:  # prefill grows at most quadratically: stop before overrunning the budget
