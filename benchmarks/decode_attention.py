@@ -41,9 +41,10 @@ def main() -> None:
     bandwidth = read_bandwidth() / 2**30
     print(f"{environment()['cpu']}, torch {torch.__version__}; plain read: {bandwidth:.1f} GiB/s\n")
     print(
-        "| dtype | K/V heads | keys | K+V MiB | SDPA ms | split-K ms | SDPA share of read | split-K share |"
+        "| dtype | K/V heads | keys | K+V MiB | SDPA ms | split-K ms | int8 split-K ms "
+        "| share of read: SDPA | split-K | int8 |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for dtype in (torch.float32, torch.bfloat16):
         for kv_heads in args.kv_heads:
             for n in args.lengths:

@@ -13,8 +13,8 @@ at batch 1. Every speed is put beside the limit it is bounded by, measured in th
 Our Transformer runs the same lengths in bfloat16, its prompt in one piece (a chunk after a
 cache attends through a chunk × context mask, gigabytes at these lengths), until the next length
 would not fit the time budget; beyond that its prefill time, cache and decode step are extrapolated from its own
-measured points (a fit of time = a·N + b·N², cache bytes exact, step = c + d·N) and marked as
-such. The ratios sit beside the paper's (3B model on an H100, so only their trend compares).
+measured points (prefill: a fit of time = a·N + b·N²; cache bytes: exact; a decode step: in
+proportion to the bytes it must move, as decoding is bound by them) and marked as such. The ratios sit beside the paper's (3B model on an H100, so only their trend compares).
 """
 
 import tempfile
@@ -113,7 +113,7 @@ def extrapolate(rows: list[dict], lengths: list[int], shape) -> list[dict]:
     """The Transformer at the lengths it was not run at, from its measured rows."""
     n = np.array([r["length"] for r in rows], dtype=float)
     (a, b), *_ = np.linalg.lstsq(np.stack([n, n**2], 1), np.array([r["prefill_s"] for r in rows]), rcond=None)
-    step_fit = np.polyfit(n, [r["step_s"] for r in rows], 1) if len(rows) > 1 else (0.0, rows[0]["step_s"])
+    last = rows[-1]
     per_token = rows[-1]["cache_bytes"] / rows[-1]["length"]
     weights = rows[-1]["step_bytes"] - rows[-1]["cache_bytes"]
     out = []
@@ -131,7 +131,7 @@ def extrapolate(rows: list[dict], lengths: list[int], shape) -> list[dict]:
                 cache_bytes=cache,
                 peak_rss_bytes=None,
                 rss_growth_bytes=None,
-                step_s=float(np.polyval(step_fit, length)),
+                step_s=last["step_s"] * (weights + cache) / last["step_bytes"],
                 step_bytes=weights + cache,
                 measured=False,
             )
