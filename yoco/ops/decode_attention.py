@@ -60,10 +60,23 @@ def _visible(key_mask: torch.Tensor, h_kv: int, start: int, count: int, size: in
     return visible.expand(b, h_kv, count, 1, size).reshape(b * h_kv, count, 1, size)
 
 
-def _merge(outs: torch.Tensor, lses: torch.Tensor, shape) -> torch.Tensor:
-    """outs (B·H_kv, S, rep, d_v), lses (B·H_kv, S, rep) -> (B, H, 1, d_v) float32."""
-    weights = torch.softmax(lses, dim=1).unsqueeze(-1)  # exp(lse_b - LSE); 0 for empty blocks
-    return (outs.float() * weights).sum(1).reshape(shape)
+def _split_k(q, k, v, key_mask, block: int, attend) -> torch.Tensor:
+    """The blocking and the merge both paths share: ``attend(queries, keys, values, visible)``
+    gives one call's blocks' (outputs (B·H_kv, S, rep, d_v), log-sum-exps (B·H_kv, S, rep)),
+    -inf for a block with no visible key; ``visible`` is None without a key mask."""
+    _check(q, k)
+    b, h, _, d = q.shape
+    h_kv = k.shape[1]
+    grouped = q.reshape(b * h_kv, 1, h // h_kv, d)  # the query heads of each K/V head, as its queries
+    outs, lses = [], []
+    for start, count, size in _block_ranges(k.shape[2], block):
+        visible = None if key_mask is None else _visible(key_mask, h_kv, start, count, size)
+        out, lse = attend(grouped, _blocks(k, start, count, size), _blocks(v, start, count, size), visible)
+        outs.append(out)
+        lses.append(lse)
+    weights = torch.softmax(torch.cat(lses, dim=1), dim=1).unsqueeze(-1)  # exp(lse_b - LSE)
+    merged = (torch.cat(outs, dim=1).float() * weights).sum(1)  # (B·H_kv, rep, d_v)
+    return merged.reshape(b, h, 1, -1).to(q.dtype)
 
 
 def decode_attention(
@@ -78,34 +91,20 @@ def decode_attention(
     ``H % H_kv == 0``, or int8 (:class:`~yoco.ops.quantize.QuantizedKV`); ``key_mask``
     (B, 1, 1, N), True on real keys -> (B, H, 1, d_v) in q's dtype. The fused kernel is CPU
     only; elsewhere this is :func:`decode_attention_reference`."""
-    _check(q, k)
     if _FUSED is None or q.device.type != "cpu":
         return decode_attention_reference(q, k, v, key_mask, scale, block)
-    b, h, _, d = q.shape
-    h_kv = k.shape[1]
-    rep = h // h_kv
-    grouped = q.reshape(b * h_kv, 1, rep, d)  # the query heads of each K/V head, as its queries
-    outs, lses = [], []
-    for start, count, size in _block_ranges(k.shape[2], block):
+
+    def attend(queries, keys, values, visible):
         mask = None
-        if key_mask is not None:
-            visible = _visible(key_mask, h_kv, start, count, size)
+        if visible is not None:
             mask = torch.zeros(visible.shape, dtype=q.dtype).masked_fill(~visible, float("-inf"))
-        out, lse = _FUSED(
-            grouped.expand(-1, count, -1, -1),
-            _blocks(k, start, count, size),
-            _blocks(v, start, count, size),
-            0.0,
-            False,
-            attn_mask=mask,
-            scale=scale,
-        )
-        if key_mask is not None:  # a block with no visible key returns lse 0: weigh it 0
+        queries = queries.expand(-1, keys.shape[1], -1, -1)
+        out, lse = _FUSED(queries, keys, values, 0.0, False, attn_mask=mask, scale=scale)
+        if visible is not None:  # a block with no visible key returns lse 0: weigh it 0
             lse = lse.masked_fill(~visible.any(-1), float("-inf"))
-        outs.append(out)
-        lses.append(lse)
-    merged = _merge(torch.cat(outs, dim=1), torch.cat(lses, dim=1), (b, h, 1, -1))
-    return merged.to(q.dtype)
+        return out, lse
+
+    return _split_k(q, k, v, key_mask, block, attend)
 
 
 def decode_attention_reference(
@@ -117,19 +116,14 @@ def decode_attention_reference(
     block: int = KEY_BLOCK,
 ) -> torch.Tensor:
     """The same split-K merge with plain float32 products per block: obviously correct, slow."""
-    _check(q, k)
-    b, h, _, d = q.shape
-    h_kv = k.shape[1]
-    scale = d**-0.5 if scale is None else scale
-    grouped = q.reshape(b * h_kv, 1, h // h_kv, d).float()
-    outs, lses = [], []
-    for start, count, size in _block_ranges(k.shape[2], block):
-        scores = grouped @ _blocks(k, start, count, size).float().transpose(-1, -2) * scale
-        if key_mask is not None:
-            scores = scores.masked_fill(~_visible(key_mask, h_kv, start, count, size), float("-inf"))
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+
+    def attend(queries, keys, values, visible):
+        scores = queries.float() @ keys.float().transpose(-1, -2) * scale
+        if visible is not None:
+            scores = scores.masked_fill(~visible, float("-inf"))
         lse = torch.logsumexp(scores, dim=-1)  # -inf for a block with no visible key
         weights = torch.exp(scores - lse.masked_fill(lse == float("-inf"), 0.0).unsqueeze(-1))
-        outs.append(weights @ _blocks(v, start, count, size).float())
-        lses.append(lse)
-    merged = _merge(torch.cat(outs, dim=1), torch.cat(lses, dim=1), (b, h, 1, -1))
-    return merged.to(q.dtype)
+        return weights @ values.float(), lse
+
+    return _split_k(q, k, v, key_mask, block, attend)
