@@ -24,9 +24,10 @@ from yoco.serve.engine import Engine, QueueFull, RequestError
 from yoco.serve.engine import Request as EngineRequest
 
 
-class Completion(BaseModel):
+class Generation(BaseModel):
+    """The fields both endpoints share: how much to generate and how to sample it."""
+
     model_config = ConfigDict(extra="ignore")
-    prompt: str | list[int]
     model: str | None = None
     max_tokens: int = 16
     temperature: float = 1.0
@@ -36,6 +37,10 @@ class Completion(BaseModel):
     seed: int | None = None
     stream: bool = False
     n: int = 1
+
+
+class Completion(Generation):
+    prompt: str | list[int]
 
 
 class Message(BaseModel):
@@ -43,18 +48,8 @@ class Message(BaseModel):
     content: str
 
 
-class ChatCompletion(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class ChatCompletion(Generation):
     messages: list[Message] = Field(min_length=1)
-    model: str | None = None
-    max_tokens: int = 16
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int | None = None
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    stream: bool = False
-    n: int = 1
 
 
 class BadRequest(Exception):
