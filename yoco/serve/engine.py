@@ -259,7 +259,7 @@ class Engine:
             if request.prefilled < len(request.prompt):
                 model(ids, cache=request.cache, logits_to_keep=NO_LOGITS)
                 # Chunks start at multiples of prefill_chunk, so this is a block boundary.
-                self.prefixes.put(request.prompt[: request.prefilled], request.cache)
+                self.prefixes.put(request.prompt, request.prefilled, request.cache)
             else:
                 logits = model(ids, cache=request.cache, logits_to_keep=1).logits[:, -1]
                 self.prompt_tokens += len(request.prompt)

@@ -1,8 +1,11 @@
 """Prefix reuse: requests that begin with the same tokens share the work of prefilling them.
 
-While a prompt is prefilled, the cache is snapshotted at every multiple of ``block`` tokens
-(the engine's prefill chunk, so a restored cache continues on exactly the chunk boundaries an
-unshared prefill would take, and its outputs are identical). A new prompt starts from the
+While a prompt is prefilled, the cache is snapshotted at multiples of ``block`` tokens (the
+engine's prefill chunk, so a restored cache continues on exactly the chunk boundaries an
+unshared prefill would take, and its outputs are identical): at 1, 2, 4, 8 ... blocks and at the
+last boundary before the prompt's end. A snapshot at every boundary would copy the growing
+cache once per chunk, work quadratic in the prompt; these copies add up to at most about three
+times the prompt's cache. A new prompt starts from the
 longest snapshot that is a proper prefix of it. For YOCO a snapshot is small: the
 self-decoder's constant-size state plus the shared K/V up to the prefix; for the Transformer it
 is every layer's K/V up to the prefix. Snapshots are copies of the filled positions only (the
@@ -21,9 +24,13 @@ class PrefixCache:
         self.bytes = 0
         self.hits = self.reused_tokens = 0
 
-    def put(self, prefix: list[int], cache) -> None:
-        """Keep a copy of ``cache``, which holds exactly ``prefix`` (one row)."""
-        key = tuple(prefix)
+    def put(self, prompt: list[int], length: int, cache) -> None:
+        """Keep a copy of ``cache``, which holds exactly the first ``length`` tokens of ``prompt``
+        (one row, ``length`` a multiple of the block), if ``length`` is a boundary worth keeping."""
+        blocks = length // self.block
+        if blocks & (blocks - 1) and length != (len(prompt) - 1) // self.block * self.block:
+            return
+        key = tuple(prompt[:length])
         if self.max_bytes <= 0 or key in self.entries:
             if key in self.entries:
                 self.entries.move_to_end(key)
