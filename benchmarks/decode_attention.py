@@ -4,7 +4,7 @@
 
 Prints, per storage dtype, number of K/V heads and cache length, the time of one step's
 attention (best of 7) and the share of the plain read bandwidth (measured in the same run) at
-which it reads the cache: SDPA, split-K, and split-K over the same keys and values stored
+which it reads the cache: SDPA, split-K, and decode attention over the same keys and values stored
 int8 (:mod:`yoco.ops.quantize`; its share counts the int8 bytes it reads). 8 query heads of 64 dimensions, batch 1, the cache a slice of a
 larger buffer as in a decoding cache. Results: docs/BENCHMARKS.md.
 """
@@ -41,7 +41,7 @@ def main() -> None:
     bandwidth = read_bandwidth() / 2**30
     print(f"{environment()['cpu']}, torch {torch.__version__}; plain read: {bandwidth:.1f} GiB/s\n")
     print(
-        "| dtype | K/V heads | keys | K+V MiB | SDPA ms | split-K ms | int8 split-K ms "
+        "| dtype | K/V heads | keys | K+V MiB | SDPA ms | split-K ms | int8 ms "
         "| share of read: SDPA | split-K | int8 |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|")

@@ -58,9 +58,7 @@ def main() -> None:
         )
         greedy_agree.append(next((i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y), len(a)))
     print(describe(environment()))
-    print(
-        f"model {args.model} in bfloat16; {args.prompts} prompts of {args.length} tokens of stdlib prose"
-    )
+    print(f"model {args.model} in bfloat16; {args.prompts} prompts of {args.length} tokens of stdlib prose")
     print(
         f"teacher-forced, last {args.scored} positions: largest |logit difference| {worst:.4f}, "
         f"mean KL(bf16 || int8) {sum(kls) / len(kls):.2e} nats, argmax agreement {sum(argmax_agree) / len(argmax_agree):.1%}"

@@ -401,7 +401,9 @@ def test_stop_and_resume_is_exact_under_bf16_autocast(corpus, tmp_path):
     instructions), so this runs on any machine."""
     config = tiny_config(corpus, **{"train.dtype": '"bfloat16"', "train.max_steps": 8})
     straight = train(config, tmp_path / "straight", show_progress=False)["losses"]
-    full_precision = train(tiny_config(corpus, **{"train.max_steps": 8}), tmp_path / "fp32", show_progress=False)
+    full_precision = train(
+        tiny_config(corpus, **{"train.max_steps": 8}), tmp_path / "fp32", show_progress=False
+    )
     # Autocast was on: the losses differ from full precision. Not the first loss alone: a fresh
     # model's logits are so small that their bf16 rounding can vanish below fp32 resolution at
     # ln(V) (on some CPUs it does); once the weights move the runs part (~1e-4 here by step 8).

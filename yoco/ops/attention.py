@@ -52,8 +52,8 @@ def causal_attention(
     """
     n_q, n_k = q.shape[-2], k.shape[-2]
     gqa = q.shape[1] != k.shape[1]
-    if n_q == 1 and n_k >= SPLIT_K_FROM:
-        return decode_attention(q, k, v, key_mask, scale)
+    if n_q == 1 and (n_k >= SPLIT_K_FROM or isinstance(k, QuantizedKV)):
+        return decode_attention(q, k, v, key_mask, scale)  # an int8 cache: read without dequantizing
     k, v = dequantized(k), dequantized(v)  # an int8 cache (kv_cache_dtype="int8")
     if key_mask is not None:
         if n_q != 1:

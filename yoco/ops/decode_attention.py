@@ -22,10 +22,17 @@ import torch
 from yoco.ops.quantize import QuantizedKV, dequantized
 
 KEY_BLOCK = 4096  # keys per block (2048 to 8192 measured within 5% of each other)
-# Blocks per kernel call: an int8 cache is dequantized one call's keys at a time, so the
-# floating-point copy never exceeds this many blocks.
+# Blocks per kernel call: the reference dequantizes an int8 cache one call's keys at a time, so
+# the floating-point copy never exceeds this many blocks.
 BLOCKS_PER_CALL = 16
+# An int8 cache's values are converted to float32 this many keys at a time: the copy stays in
+# the CPU's cache (4096 to 16384 measured within 20%; 128K keys, 7x slower).
+VALUE_CHUNK = 8192
 _FUSED = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+_INT8_MM = getattr(torch.ops.aten, "_weight_int8pack_mm", None)
+# That product's bfloat16 kernel reads rows in steps of 16: narrower heads crashed it or gave wrong
+# sums (torch 2.13, head widths 8 and 24), so they take the dequantizing path.
+_INT8_MM_WIDTH = 16
 
 
 def _check(q: torch.Tensor, k: torch.Tensor) -> None:
@@ -89,9 +96,14 @@ def decode_attention(
 ) -> torch.Tensor:
     """Attention of one query per head to every key: q (B, H, 1, d); k, v (B, H_kv, N, d) with
     ``H % H_kv == 0``, or int8 (:class:`~yoco.ops.quantize.QuantizedKV`); ``key_mask``
-    (B, 1, 1, N), True on real keys -> (B, H, 1, d_v) in q's dtype. The fused kernel is CPU
-    only; elsewhere this is :func:`decode_attention_reference`."""
-    if _FUSED is None or q.device.type != "cpu":
+    (B, 1, 1, N), True on real keys -> (B, H, 1, d_v) in q's dtype. An int8 cache takes
+    :func:`int8_decode_attention` where it can (CPU, head widths in steps of 16), else its blocks
+    are dequantized. The fused kernels are CPU only; elsewhere this is
+    :func:`decode_attention_reference`."""
+    on_cpu = q.device.type == "cpu"
+    if on_cpu and isinstance(k, QuantizedKV) and _INT8_MM is not None and q.shape[-1] % _INT8_MM_WIDTH == 0:
+        return int8_decode_attention(q, k, v, key_mask, scale)
+    if not on_cpu or _FUSED is None:
         return decode_attention_reference(q, k, v, key_mask, scale, block)
 
     def attend(queries, keys, values, visible):
@@ -105,6 +117,49 @@ def decode_attention(
         return out, lse
 
     return _split_k(q, k, v, key_mask, block, attend)
+
+
+def int8_decode_attention(
+    q: torch.Tensor,
+    k: QuantizedKV,
+    v: QuantizedKV,
+    key_mask: torch.Tensor | None = None,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """:func:`decode_attention` over an int8 cache, reading the int8 keys as they are.
+
+    Dequantizing a block and handing it to the fused kernel writes and reads every key again in
+    floating point, three times the int8 bytes. The keys need no copy: with per-key scales s_j,
+    q·k_j = s_j · (q·k̂_j) for the int8 vector k̂_j, and ``_weight_int8pack_mm`` (PyTorch's
+    weight-only int8 product) computes q·k̂_j for all keys from the int8 values, one K/V head at a
+    time. The value scales fold into the attention weights, p_j·v_j = (p_j·s_j)·v̂_j, and the
+    int8 values are converted ``VALUE_CHUNK`` keys at a time for the weighted sum (float32
+    products: with one query row they beat bfloat16 ones here). Scores come out of the int8
+    product rounded to q's dtype (as ``q @ kᵀ`` would in that dtype); the softmax and the sums are
+    float32. CPU only: elsewhere :func:`decode_attention_reference`."""
+    _check(q, k)
+    b, h, _, d = q.shape
+    if d % _INT8_MM_WIDTH:
+        raise ValueError(
+            f"the int8 product needs head widths that are multiples of {_INT8_MM_WIDTH}, got {d}"
+        )
+    h_kv, n = k.shape[1], k.shape[2]
+    rep = h // h_kv
+    scale = d**-0.5 if scale is None else scale
+    queries = (q.float() * scale).to(q.dtype).reshape(b, h_kv, rep, d)
+    unit = torch.ones(n, dtype=q.dtype)
+    out = torch.zeros(b, h_kv, rep, v.shape[-1])
+    for row in range(b):
+        for head in range(h_kv):
+            keys = k.values[row, head].contiguous()  # a view of the cache unless it was sliced oddly
+            scores = _INT8_MM(queries[row, head], keys, unit).float() * k.scales[row, head, :, 0]
+            if key_mask is not None:
+                scores = scores.masked_fill(~key_mask[row, 0], float("-inf"))
+            weights = torch.softmax(scores, dim=-1) * v.scales[row, head, :, 0]
+            for start in range(0, n, VALUE_CHUNK):
+                piece = slice(start, start + VALUE_CHUNK)
+                out[row, head] += weights[:, piece] @ v.values[row, head, piece].float()
+    return out.reshape(b, h, 1, -1).to(q.dtype)
 
 
 def decode_attention_reference(

@@ -7,9 +7,9 @@ that is 64 + 4 bytes per vector against 128 in bfloat16 (0.53x). The format is t
 llama.cpp's q8_0 cache and transformers' quantized cache, with one scale per whole head vector.
 
 :class:`QuantizedKV` stands in for the (B, H, N, d) tensor it stores: it is indexed, written
-and concatenated along the leading axes like a tensor, and attention dequantizes what it reads
-(:func:`dequantized`), block by block in a decoding step (:mod:`yoco.ops.decode_attention`), so
-the whole cache never exists in floating point at once.
+and concatenated along the leading axes like a tensor. A decoding step reads the int8 values
+as they are (:func:`yoco.ops.decode_attention.int8_decode_attention`); other attention
+dequantizes what it reads (:func:`dequantized`).
 """
 
 import torch
