@@ -6,6 +6,7 @@
 #   make lock          re-resolve every dependency to the newest allowed version, rewrite the lock
 #   make test-latest   run the suite on the newest allowed versions without touching the lock
 #   make mutants       check that the tests catch each deliberate bug in scripts/mutants.py
+#   make bench-deps    add llama.cpp (compiled here) and gguf for `yoco bench --long`
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -15,7 +16,7 @@ TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.installed
 LATEST := .venv-latest
 
-.PHONY: demo test lint install lock test-latest mutants clean
+.PHONY: demo test lint install lock test-latest mutants clean bench-deps
 
 # $(1): the venv folder; $(2): "-c $(LOCK)" for the locked versions, empty for the newest.
 # setuptools lives in the venv (--no-build-isolation) so the build backend is locked too.
@@ -29,8 +30,15 @@ define install_into
 	$(1)/bin/python -m pip install --quiet $(2) --no-deps "torchscale==0.3.0"
 endef
 
+# The optional `bench` extra (`make bench-deps`): llama.cpp beside yoco in `yoco bench --long`.
+# llama-cpp-python compiles llama.cpp from the registry's source package (a few minutes), so it
+# stays out of the lock that `make test` installs; pinned here instead, and the lock check below
+# leaves these names out.
+BENCH_PINS := gguf==0.19.0 llama-cpp-python==0.3.36 diskcache==5.6.3
+BENCH_NAMES := gguf|llama.cpp.python|diskcache
+
 # What a venv holds, in the lock's format: name==version per line, sorted.
-freeze = $(1)/bin/python -m pip freeze --all --exclude-editable | sort -f
+freeze = $(1)/bin/python -m pip freeze --all --exclude-editable | grep -viE '^($(BENCH_NAMES))( @|==)' | sort -f
 
 $(STAMP): pyproject.toml $(LOCK) Makefile
 	$(call install_into,$(VENV),-c $(LOCK))
@@ -45,6 +53,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+bench-deps: $(STAMP)
+	$(BIN)/python -m pip install --quiet -c $(LOCK) $(BENCH_PINS)
 
 mutants: $(STAMP)
 	$(BIN)/python scripts/mutants.py

@@ -61,11 +61,15 @@ def _kv_cache_dtype(buffer: torch.Tensor | QuantizedKV) -> str:
     return "int8" if isinstance(buffer, QuantizedKV) else "auto"
 
 
-def _saved(name: str, buffer: torch.Tensor | QuantizedKV) -> dict[str, torch.Tensor]:
-    """The tensors a saved cache keeps of one buffer (an int8 buffer: values and scales)."""
-    if isinstance(buffer, QuantizedKV):
-        return {name: buffer.values.contiguous(), f"{name}_scale": buffer.scales.contiguous()}
-    return {name: buffer.contiguous()}
+def _saved(name: str, buffer: torch.Tensor | QuantizedKV, contiguous: bool = True) -> dict[str, torch.Tensor]:
+    """The tensors a saved cache keeps of one buffer (an int8 buffer: values and scales);
+    ``contiguous=False``: views of the buffer, in the same format."""
+    parts = (
+        {name: buffer}
+        if isinstance(buffer, torch.Tensor)
+        else {name: buffer.values, f"{name}_scale": buffer.scales}
+    )
+    return {key: t.contiguous() for key, t in parts.items()} if contiguous else parts
 
 
 def _loaded(name: str, tensors: dict[str, torch.Tensor], like: torch.Tensor | QuantizedKV):
@@ -152,10 +156,12 @@ class GrowingKV:
     def allocated_nbytes(self) -> int:
         return _nbytes(self.keys) + _nbytes(self.values)
 
-    def tensors(self) -> dict[str, torch.Tensor]:
-        """What a saved cache keeps of this store: the filled positions only."""
+    def tensors(self, contiguous: bool = True) -> dict[str, torch.Tensor]:
+        """What a saved cache keeps of this store: the filled positions only (``contiguous=False``:
+        as views of the buffers, which later steps only append to)."""
         end = max(self.lengths)
-        return {**_saved("keys", self.keys[:, :, :end]), **_saved("values", self.values[:, :, :end])}
+        keys, values = self.keys[:, :, :end], self.values[:, :, :end]
+        return {**_saved("keys", keys, contiguous), **_saved("values", values, contiguous)}
 
     def load_tensors(self, tensors: dict[str, torch.Tensor], lengths: list[int]) -> None:
         end = tensors["keys"].shape[2]

@@ -7,6 +7,7 @@ import pytest
 import torch
 import transformers
 
+from yoco.bench import llamacpp
 from yoco.bench.command import main
 from yoco.bench.environment import describe, environment
 from yoco.bench.flops import Shape, cache_bytes, prefill_flops
@@ -56,6 +57,46 @@ def test_long_bench_quick_measures_yoco_and_an_int8_cache_and_extrapolates_the_t
     kept = rows[("yoco-gret", "auto", 512)]  # the longest context is also saved, loaded and continued
     assert kept["file_bytes"] > kept["cache_bytes"] and kept["load_and_step_s"] > 0 and "Kept context" in text
     assert (tmp_path / "bench" / "long.png").stat().st_size > 0
+    versus = results["versus_llamacpp"]
+    ours = {(r["dtype"], r["length"]) for r in versus["rows"] if r["engine"] == "yoco"}
+    assert ours == {(dtype, n) for dtype in ("float32", "bfloat16") for n in (128, 256)}
+    if llamacpp.available() is None:  # `make bench-deps`: llama.cpp ran beside, after its logits check
+        theirs = [r for r in versus["rows"] if r["engine"] == "llama.cpp"]
+        assert {r["dtype"] for r in theirs} == {"f32", "f16"} and all(r["step_s"] > 0 for r in theirs)
+        assert "YOCO ÷ llama.cpp decode, 16-bit" in text
+    else:
+        assert versus["llamacpp_missing"] and "llama.cpp was not run: " in text
+
+
+def test_a_transformer_converted_for_llama_cpp_keeps_its_rotary_attention_scores():
+    """llama.cpp rotates adjacent pairs of dimensions where we rotate halves against each other;
+    the q/k rows reordered by interleave_rotary_rows give the same scores under its rotation."""
+    heads, d, n = 2, 8, 5
+    gen = torch.Generator().manual_seed(0)
+    wq, wk = torch.randn(heads * d, 16, generator=gen), torch.randn(heads * d, 16, generator=gen)
+    x = torch.randn(n, 16, generator=gen)
+    angles = torch.arange(n)[:, None] / 10000 ** (torch.arange(d // 2) / (d // 2))  # (n, d/2)
+    cos, sin = angles.cos(), angles.sin()
+
+    def rotate_halves(t):  # ours and transformers': (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin)
+        t = t.view(n, heads, 2, d // 2)
+        x1, x2 = t[:, :, 0], t[:, :, 1]
+        c, s_ = cos[:, None], sin[:, None]
+        return torch.stack([x1 * c - x2 * s_, x2 * c + x1 * s_], 2).view(n, heads, d)
+
+    def rotate_pairs(t):  # llama.cpp's llama architecture: pairs (0, 1), (2, 3), ...
+        t = t.view(n, heads, d // 2, 2)
+        x1, x2 = t[..., 0], t[..., 1]
+        c, s_ = cos[:, None], sin[:, None]
+        return torch.stack([x1 * c - x2 * s_, x2 * c + x1 * s_], -1).view(n, heads, d)
+
+    ours = torch.einsum("qhd,khd->hqk", rotate_halves(x @ wq.T), rotate_halves(x @ wk.T))
+    q = rotate_pairs(x @ llamacpp.interleave_rotary_rows(wq, heads).T)
+    k = rotate_pairs(x @ llamacpp.interleave_rotary_rows(wk, heads).T)
+    torch.testing.assert_close(torch.einsum("qhd,khd->hqk", q, k), ours)
+    assert not torch.allclose(
+        torch.einsum("qhd,khd->hqk", rotate_pairs(x @ wq.T), rotate_pairs(x @ wk.T)), ours
+    )
 
 
 def test_theoretical_ratios_match_the_issue_figures():

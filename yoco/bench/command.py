@@ -26,6 +26,12 @@ def main(argv: list[str] | None = None) -> dict:
         default=300.0,
         help="with --long: seconds of Transformer prefill to spend before extrapolating",
     )
+    parser.add_argument(
+        "--llamacpp-budget-s",
+        type=float,
+        default=900.0,
+        help="with --long: seconds of llama.cpp prefill per dtype before extrapolating (needs make bench-deps)",
+    )
     parser.add_argument("--lengths", type=int, nargs="+", help="context lengths (default 1K..32K)")
     parser.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES))
     parser.add_argument("--systems", nargs="+", choices=SYSTEMS)

@@ -15,6 +15,9 @@ cache attends through a chunk × context mask, gigabytes at these lengths), unti
 would not fit the time budget; beyond that its prefill time, cache and decode step are extrapolated from its own
 measured points (prefill: a fit of time = a·N + b·N²; cache bytes: exact; a decode step: in
 proportion to the bytes it must move, as decoding is bound by them) and marked as such. The ratios sit beside the paper's (3B model on an H100, so only their trend compares).
+
+Last, :func:`versus_llamacpp` puts YOCO-gRet in float32 and bfloat16 beside llama.cpp at 16K to
+128K, when llama-cpp-python is installed (:mod:`yoco.bench.llamacpp`).
 """
 
 import tempfile
@@ -26,6 +29,7 @@ import torch
 from tqdm import tqdm
 
 import yoco
+from yoco.bench import llamacpp
 from yoco.bench.environment import describe, environment
 from yoco.bench.flops import parameter_count, prefill_flops
 from yoco.bench.profile import DEFAULT_SHAPE, QUICK_SHAPE, PeakRSS, matmul_peak, read_bandwidth
@@ -34,6 +38,8 @@ from yoco.bench.systems import build_model
 
 LENGTHS = [2**15 * 2**i for i in range(6)]  # 32K .. 1M
 QUICK_LENGTHS = [256, 512]
+VERSUS_LLAMACPP = [2**14 * 2**i for i in range(4)]  # 16K .. 128K
+QUICK_VERSUS_LLAMACPP = [128, 256]
 PREFILL_CHUNK = 16384
 DECODE_STEPS = 8
 # Positions after the prompt: the warm-up step, the timed steps and a kept context's next token.
@@ -109,10 +115,16 @@ def measure(
     )
 
 
+def quadratic_fit(rows: list[dict], key: str = "prefill_s"):
+    """(a, b) of time = a·N + b·N² through the rows' (length, time) points."""
+    n = np.array([r["length"] for r in rows], dtype=float)
+    (a, b), *_ = np.linalg.lstsq(np.stack([n, n**2], 1), np.array([r[key] for r in rows]), rcond=None)
+    return a, b
+
+
 def extrapolate(rows: list[dict], lengths: list[int], shape) -> list[dict]:
     """The Transformer at the lengths it was not run at, from its measured rows."""
-    n = np.array([r["length"] for r in rows], dtype=float)
-    (a, b), *_ = np.linalg.lstsq(np.stack([n, n**2], 1), np.array([r["prefill_s"] for r in rows]), rcond=None)
+    a, b = quadratic_fit(rows)
     last = rows[-1]
     per_token = rows[-1]["cache_bytes"] / rows[-1]["length"]
     weights = rows[-1]["step_bytes"] - rows[-1]["cache_bytes"]
@@ -137,6 +149,70 @@ def extrapolate(rows: list[dict], lengths: list[int], shape) -> list[dict]:
             )
         )
     return out
+
+
+def versus_llamacpp(args, shape, peak: float, bandwidth: float, bar) -> dict:
+    """YOCO-gRet in float32 and bfloat16 beside llama.cpp running our Transformer's weights as a
+    Llama GGUF in F32 and F16, batch 1, prompts of 16K .. 128K (:mod:`yoco.bench.llamacpp`).
+    llama.cpp's prefill grows with the square of the prompt on this CPU; each of its dtypes runs
+    until the next length would pass ``--llamacpp-budget-s``, and beyond that its prefill is a
+    fit of a·N + b·N² and its decode step a straight line through its own measured points
+    (marked as extrapolated)."""
+    lengths = QUICK_VERSUS_LLAMACPP if args.quick else VERSUS_LLAMACPP
+    chunk = 128 if args.quick else PREFILL_CHUNK
+    rows = []
+    for dtype, name in [(torch.float32, "float32"), (torch.bfloat16, "bfloat16")]:
+        model = build_model("yoco-gret", shape, dtype, max(lengths) + POSITIONS)
+        for n in lengths:
+            bar.set_postfix_str(f"yoco-gret {name} {_k(n)}")
+            rows.append(
+                measure(model, "yoco-gret", shape, n, "auto", chunk) | dict(engine="yoco", dtype=name)
+            )
+        del model
+    for row in rows:
+        row["flops_share"] = row["flops"] / row["prefill_s"] / peak
+        row["read_share"] = row["step_bytes"] / row["step_s"] / bandwidth
+    reason = llamacpp.available()
+    if reason is None:
+        threads = torch.get_num_threads()
+        llama = build_model("transformer", shape, torch.float32, max(lengths) + 64 * len(lengths))
+        with tempfile.TemporaryDirectory(dir=args.out) as folder:
+            for gguf_type in ("f32", "f16"):
+                bar.set_postfix_str(f"llama.cpp {gguf_type}")
+                path = llamacpp.write_gguf(llama, Path(folder) / f"llama-{gguf_type}.gguf", gguf_type)
+                difference = llamacpp.check_same_model(llama, path, threads)
+                if difference > (1e-2 if gguf_type == "f32" else 5e-2):
+                    raise RuntimeError(
+                        f"llama.cpp's logits differ from our Transformer's by {difference:.3g}: "
+                        "the GGUF is not the same model"
+                    )
+                measured = llamacpp.measure(
+                    path, lengths, DECODE_STEPS, threads, shape.vocab_size, args.llamacpp_budget_s
+                )
+                rows += [r | dict(engine="llama.cpp", dtype=gguf_type, measured=True) for r in measured]
+                rows += extrapolate_llamacpp(measured, lengths, gguf_type)
+        del llama
+    return dict(lengths=lengths, rows=rows, llamacpp_missing=reason)
+
+
+def extrapolate_llamacpp(rows: list[dict], lengths: list[int], gguf_type: str) -> list[dict]:
+    if len(rows) < 2:
+        return []
+    a, b = quadratic_fit(rows)
+    n = np.array([r["length"] for r in rows], dtype=float)
+    slope, intercept = np.polyfit(n, [r["step_s"] for r in rows], 1)
+    return [
+        dict(
+            engine="llama.cpp",
+            dtype=gguf_type,
+            length=length,
+            prefill_s=a * length + b * length**2,
+            step_s=intercept + slope * length,
+            measured=False,
+        )
+        for length in lengths
+        if length > rows[-1]["length"]
+    ]
 
 
 def run_long(args) -> dict:
@@ -168,11 +244,13 @@ def run_long(args) -> dict:
         measured.append(measure(model, "transformer", shape, n, "auto", None))
         spent += measured[-1]["prefill_s"]
         bar.update()
-    bar.close()
     rows += measured + extrapolate(measured, lengths, shape)
     for row in rows:
         row["flops_share"] = row["flops"] / row["prefill_s"] / peak
         row["read_share"] = row["step_bytes"] / row["step_s"] / bandwidth
+    # llama.cpp last: its OpenMP threads may keep spinning after it returns.
+    versus = versus_llamacpp(args, shape, peak, bandwidth, bar)
+    bar.close()
     return dict(
         meta=dict(
             command="yoco bench --long " + " ".join(args.argv),
@@ -186,6 +264,7 @@ def run_long(args) -> dict:
         bf16_matmul_flops=peak,
         read_bytes_per_s=bandwidth,
         rows=rows,
+        versus_llamacpp=versus,
     )
 
 
@@ -257,9 +336,67 @@ def markdown(results, image: str | None = None) -> str:
                 f"token took {r['load_and_step_s']:.1f} s, {r['load_and_step_s'] / r['prefill_s']:.1%} of "
                 "prefilling it again.",
             ]
+    out += ["", *versus_markdown(results["versus_llamacpp"])]
     if image:
         out += ["", f"![long context]({image})"]
     return "\n".join(out)
+
+
+def versus_markdown(versus: dict) -> list[str]:
+    out = ["Against llama.cpp, batch 1: tokens/s of prefill and of decoding after the prompt."]
+    if versus["llamacpp_missing"]:
+        out += [f"llama.cpp was not run: {versus['llamacpp_missing']}.", ""]
+    else:
+        out += [
+            "llama.cpp (llama-cpp-python, flash attention, as many threads as torch) runs our Transformer's "
+            "weights as a Llama GGUF, checked to give our logits first; it grows one prompt through "
+            "the lengths, and its rows in italics are extrapolated from its measured ones.",
+            "",
+        ]
+    index = {(r["engine"], r["dtype"], r["length"]): r for r in versus["rows"]}
+    columns = [("yoco", "float32", "YOCO-gRet fp32"), ("yoco", "bfloat16", "YOCO-gRet bf16")]
+    if not versus["llamacpp_missing"]:
+        columns += [("llama.cpp", "f32", "llama.cpp F32"), ("llama.cpp", "f16", "llama.cpp F16")]
+    header = ["prompt"] + [f"{label} {what}" for *_, label in columns for what in ("prefill", "decode")]
+    ratios = not versus["llamacpp_missing"]
+    if ratios:
+        header += [
+            "YOCO ÷ llama.cpp decode, 16-bit",
+            "YOCO ÷ llama.cpp prefill, 16-bit",
+            "YOCO ÷ llama.cpp decode, 32-bit",
+        ]
+    body = []
+    for n in versus["lengths"]:
+        cells = [_k(n)]
+        for engine, dtype, _ in columns:
+            r = index.get((engine, dtype, n))
+            if r is None:
+                cells += ["", ""]
+                continue
+            mark = (lambda c: c) if r.get("measured", True) else (lambda c: f"*{c}*")
+            cells += [mark(f"{n / r['prefill_s']:.0f}"), mark(f"{1 / r['step_s']:.1f}")]
+        if ratios:
+            bf16, f16 = index.get(("yoco", "bfloat16", n)), index.get(("llama.cpp", "f16", n))
+            fp32, f32 = index.get(("yoco", "float32", n)), index.get(("llama.cpp", "f32", n))
+            cells += [
+                f"{f16['step_s'] / bf16['step_s']:.2f}x" if f16 else "",
+                f"{f16['prefill_s'] / bf16['prefill_s']:.1f}x" if f16 else "",
+                f"{f32['step_s'] / fp32['step_s']:.2f}x" if f32 else "",
+            ]
+        body.append(cells)
+    out.append(_table(header, body))
+    shares = [
+        f"{r['dtype']} {_k(r['length'])}: {r['read_share']:.0%}"
+        for r in versus["rows"]
+        if r["engine"] == "yoco" and r["length"] == max(versus["lengths"])
+    ]
+    out += [
+        "",
+        "YOCO-gRet decode at the longest of these prompts, share of the read bandwidth: "
+        + ", ".join(shares)
+        + ".",
+    ]
+    return out
 
 
 def plot(results, path) -> None:
