@@ -1,7 +1,7 @@
 """Serving under load: YOCO-gRet against our Transformer, same server, same cache budget.
 
-    python benchmarks/serve.py [--clients 8] [--requests 16] [--prompt-tokens 16384] [--new-tokens 64]
-                               [--kv-budget-gib 2] [--prefix-tokens 12288] [--quick]
+    python benchmarks/serve.py [--clients 16] [--requests 16] [--prompt-tokens 16384] [--new-tokens 64]
+                               [--kv-budget-gib 1] [--prefix-tokens 12288] [--quick]
 
 For each system a random model of the default shape (bfloat16) is saved with a 32000-word
 tokenizer and served by `yoco serve` on 127.0.0.1. ``--clients`` threads send streamed
@@ -119,11 +119,12 @@ def shared_prefix_ttft(served, args, vocab: int, count: int = 4) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--requests", type=int, default=16)
     parser.add_argument("--prompt-tokens", type=int, default=16384)
     parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--kv-budget-gib", type=float, default=2.0)
+    # 1 GiB holds three 16K-token Transformer caches (257 MiB each) and thirty YOCO-gRet ones.
+    parser.add_argument("--kv-budget-gib", type=float, default=1.0)
     parser.add_argument("--prefix-tokens", type=int, default=12288)
     parser.add_argument("--prefill-chunk", type=int, default=2048)
     parser.add_argument("--systems", nargs="+", default=["yoco-gret", "transformer"])
