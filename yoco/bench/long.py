@@ -168,6 +168,7 @@ def versus_llamacpp(args, shape, peak: float, bandwidth: float, bar) -> dict:
             rows.append(
                 measure(model, "yoco-gret", shape, n, "auto", chunk) | dict(engine="yoco", dtype=name)
             )
+            bar.update()
         del model
     for row in rows:
         row["flops_share"] = row["flops"] / row["prefill_s"] / peak
@@ -191,6 +192,7 @@ def versus_llamacpp(args, shape, peak: float, bandwidth: float, bar) -> dict:
                 )
                 rows += [r | dict(engine="llama.cpp", dtype=gguf_type, measured=True) for r in measured]
                 rows += extrapolate_llamacpp(measured, lengths, gguf_type)
+                bar.update()
         del llama
     return dict(lengths=lengths, rows=rows, llamacpp_missing=reason)
 
@@ -223,7 +225,9 @@ def run_long(args) -> dict:
     peak = matmul_peak(torch.bfloat16, size=512 if args.quick else 4096)
     bandwidth = read_bandwidth(32 * 2**20 if args.quick else 512 * 2**20)
     rows = []
-    bar = tqdm(total=(len(RUNS) + 1) * len(lengths), desc="yoco bench --long", disable=args.no_progress)
+    versus = len(QUICK_VERSUS_LLAMACPP if args.quick else VERSUS_LLAMACPP)
+    steps = (len(RUNS) + 1) * len(lengths) + 2 * versus + (2 if llamacpp.available() is None else 0)
+    bar = tqdm(total=steps, desc="yoco bench --long", disable=args.no_progress)
     for system, kv_cache_dtype in RUNS:
         model = build_model(system, shape, torch.bfloat16, max(lengths) + POSITIONS)
         for n in lengths:
@@ -253,7 +257,7 @@ def run_long(args) -> dict:
     bar.close()
     return dict(
         meta=dict(
-            command="yoco bench --long " + " ".join(args.argv),
+            command="yoco bench " + " ".join(args.argv),  # argv holds --long
             environment=environment(),
             shape=shape.__dict__,
             lengths=lengths,
