@@ -68,6 +68,7 @@ lock:
 	rm -rf $(LATEST)
 	$(call install_into,$(LATEST),)
 	{ echo "# Every package make test and make demo install, resolved on $$(date -u +%F) by make lock."; \
+	  echo "# Not here: pyproject's optional bench extra (llama.cpp), pinned by make bench-deps."; \
 	  $(call freeze,$(LATEST)); } > $(LOCK)
 	@echo "wrote $(LOCK); run make test, then commit it"
 
