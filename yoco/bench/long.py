@@ -115,10 +115,11 @@ def measure(
     )
 
 
-def quadratic_fit(rows: list[dict], key: str = "prefill_s"):
-    """(a, b) of time = a·N + b·N² through the rows' (length, time) points."""
+def quadratic_fit(rows: list[dict]):
+    """(a, b) of prefill time = a·N + b·N² through the rows' (length, prefill_s) points."""
     n = np.array([r["length"] for r in rows], dtype=float)
-    (a, b), *_ = np.linalg.lstsq(np.stack([n, n**2], 1), np.array([r[key] for r in rows]), rcond=None)
+    times = np.array([r["prefill_s"] for r in rows])
+    (a, b), *_ = np.linalg.lstsq(np.stack([n, n**2], 1), times, rcond=None)
     return a, b
 
 
@@ -348,7 +349,8 @@ def markdown(results, image: str | None = None) -> str:
 
 def versus_markdown(versus: dict) -> list[str]:
     out = ["Against llama.cpp, batch 1: tokens/s of prefill and of decoding after the prompt."]
-    if versus["llamacpp_missing"]:
+    ran = not versus["llamacpp_missing"]
+    if not ran:
         out += [f"llama.cpp was not run: {versus['llamacpp_missing']}.", ""]
     else:
         out += [
@@ -359,11 +361,10 @@ def versus_markdown(versus: dict) -> list[str]:
         ]
     index = {(r["engine"], r["dtype"], r["length"]): r for r in versus["rows"]}
     columns = [("yoco", "float32", "YOCO-gRet fp32"), ("yoco", "bfloat16", "YOCO-gRet bf16")]
-    if not versus["llamacpp_missing"]:
+    if ran:
         columns += [("llama.cpp", "f32", "llama.cpp F32"), ("llama.cpp", "f16", "llama.cpp F16")]
     header = ["prompt"] + [f"{label} {what}" for *_, label in columns for what in ("prefill", "decode")]
-    ratios = not versus["llamacpp_missing"]
-    if ratios:
+    if ran:
         header += [
             "YOCO ÷ llama.cpp decode, 16-bit",
             "YOCO ÷ llama.cpp prefill, 16-bit",
@@ -379,7 +380,7 @@ def versus_markdown(versus: dict) -> list[str]:
                 continue
             mark = (lambda c: c) if r.get("measured", True) else (lambda c: f"*{c}*")
             cells += [mark(f"{n / r['prefill_s']:.0f}"), mark(f"{1 / r['step_s']:.1f}")]
-        if ratios:
+        if ran:
             bf16, f16 = index.get(("yoco", "bfloat16", n)), index.get(("llama.cpp", "f16", n))
             fp32, f32 = index.get(("yoco", "float32", n)), index.get(("llama.cpp", "f32", n))
             cells += [

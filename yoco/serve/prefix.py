@@ -46,9 +46,10 @@ class PrefixCache:
         """Keep a snapshot of ``cache``, which holds exactly the first ``length`` tokens of
         ``prompt`` (one row, ``length`` a multiple of the block)."""
         key = tuple(prompt[:length])
-        if self.max_bytes <= 0 or key in self.entries:
-            if key in self.entries:
-                self.entries.move_to_end(key)
+        if key in self.entries:
+            self.entries.move_to_end(key)
+            return
+        if self.max_bytes <= 0:
             return
         tensors, copied, views = [], 0, {}
         for store in cache.stores():
@@ -59,16 +60,18 @@ class PrefixCache:
                 kept = {name: t.clone() for name, t in store.tensors().items()}
                 copied += sum(_nbytes(t) for t in kept.values())
             tensors.append(kept)
-        added = copied + sum(size for address, size in views.items() if address not in self.buffers)
-        if added > self.max_bytes:
+
+        def added() -> int:  # what keeping it costs: its copies and the buffers not yet counted
+            return copied + sum(size for address, size in views.items() if address not in self.buffers)
+
+        if added() > self.max_bytes:
             return
-        while self.bytes + added > self.max_bytes:
+        while self.bytes + added() > self.max_bytes:
             self._evict_oldest()
-            added = copied + sum(size for address, size in views.items() if address not in self.buffers)
+        self.bytes += added()
         for address, size in views.items():
             self.buffers.setdefault(address, [size, 0])[1] += 1
         self.entries[key] = Snapshot(tensors, copied, list(views))
-        self.bytes += added
 
     def _evict_oldest(self) -> None:
         _, snapshot = self.entries.popitem(last=False)
