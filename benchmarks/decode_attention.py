@@ -5,8 +5,9 @@
 Prints, per storage dtype, number of K/V heads and cache length, the time of one step's
 attention (best of 7) and the share of the plain read bandwidth (measured in the same run) at
 which it reads the cache: SDPA, split-K, and decode attention over the same keys and values stored
-int8 (:mod:`yoco.ops.quantize`; its share counts the int8 bytes it reads). 8 query heads of 64 dimensions, batch 1, the cache a slice of a
-larger buffer as in a decoding cache. Results: docs/BENCHMARKS.md.
+int8 (:mod:`yoco.ops.quantize`; its share counts the int8 bytes it reads). 8 query heads of 64
+dimensions, batch 1, the cache a slice of a larger buffer as in a decoding cache (int8: written
+into a :class:`~yoco.cache.GrowingKV`, values kept positions last as a cache keeps them). Results: docs/BENCHMARKS.md.
 """
 
 import argparse
@@ -17,8 +18,8 @@ import torch.nn.functional as F
 
 from yoco.bench.environment import environment
 from yoco.bench.profile import read_bandwidth
+from yoco.cache import GrowingKV
 from yoco.ops.decode_attention import decode_attention
-from yoco.ops.quantize import QuantizedKV, quantize_int8
 
 HEADS, HEAD_DIM = 8, 64
 
@@ -55,7 +56,8 @@ def main() -> None:
                 gib = 2 * k.numel() * k.element_size() / 2**30
                 sdpa = best_ms(F.scaled_dot_product_attention, q, k, v, enable_gqa=kv_heads != HEADS)
                 split = best_ms(decode_attention, q, k, v)
-                k8, v8 = (QuantizedKV(*quantize_int8(x), dtype) for x in (k, v))
+                store = GrowingKV(1, kv_heads, HEAD_DIM, dtype, "cpu", n + 256, kv_cache_dtype="int8")
+                k8, v8, _ = store.append(k, v)
                 int8 = best_ms(decode_attention, q, k8, v8)
                 int8_gib = (k8.nbytes() + v8.nbytes()) / 2**30
 

@@ -32,6 +32,9 @@ KV_CACHE_DTYPES = ("auto", "int8")
 # tokens, otherwise). Growing copies the cache: prefill reserves room for a reply up front.
 GROWTH_BLOCK = 256
 MAX_GROWTH = 65536
+# Capacities are whole multiples of this many tokens: an int8 cache's decoding step sums the
+# values over the whole capacity with PyTorch's int8 product, which reduces in steps of 16.
+CAPACITY_ALIGN = 16
 
 
 def check_kv_cache_dtype(kv_cache_dtype: str) -> None:
@@ -39,11 +42,14 @@ def check_kv_cache_dtype(kv_cache_dtype: str) -> None:
         raise ValueError(f"kv_cache_dtype must be one of {KV_CACHE_DTYPES}, got {kv_cache_dtype!r}")
 
 
-def _buffer(shape, kv_cache_dtype: str, dtype, device) -> torch.Tensor | QuantizedKV:
-    """Zeroed storage for keys or values of ``shape`` in the cache's storage format."""
+def _buffer(
+    shape, kv_cache_dtype: str, dtype, device, positions_last: bool = False
+) -> torch.Tensor | QuantizedKV:
+    """Zeroed storage for keys or values of ``shape`` in the cache's storage format
+    (``positions_last``: int8 values laid out for the decoding step, :mod:`yoco.ops.quantize`)."""
     check_kv_cache_dtype(kv_cache_dtype)
     if kv_cache_dtype == "int8":
-        return QuantizedKV.zeros(shape, dtype, device)
+        return QuantizedKV.zeros(shape, dtype, device, positions_last)
     return torch.zeros(shape, dtype=dtype, device=device)
 
 
@@ -88,7 +94,8 @@ def _key_mask(lengths: list[int], n_keys: int, device) -> torch.Tensor | None:
 
 
 class GrowingKV:
-    """Keys and values (B, H_kv, capacity, d), rows left-aligned, per-row lengths."""
+    """Keys and values (B, H_kv, capacity, d), rows left-aligned, per-row lengths. Int8 values
+    are kept positions last, the layout a decoding step reads them in."""
 
     def __init__(
         self,
@@ -100,9 +107,10 @@ class GrowingKV:
         capacity: int = 0,
         kv_cache_dtype: str = "auto",
     ):
-        shape = (batch, kv_heads, max(capacity, 0), head_dim)
+        capacity = -(-max(capacity, 0) // CAPACITY_ALIGN) * CAPACITY_ALIGN
+        shape = (batch, kv_heads, capacity, head_dim)
         self.keys = _buffer(shape, kv_cache_dtype, dtype, device)
-        self.values = _buffer(shape, kv_cache_dtype, dtype, device)
+        self.values = _buffer(shape, kv_cache_dtype, dtype, device, positions_last=True)
         self.lengths = [0] * batch
 
     @property
@@ -115,9 +123,9 @@ class GrowingKV:
         step = min(max(GROWTH_BLOCK, self.capacity), MAX_GROWTH)
         new_capacity = -(-needed // step) * step
         shape = (*self.keys.shape[:2], new_capacity - self.capacity, self.keys.shape[-1])
-        pad = _buffer(shape, _kv_cache_dtype(self.keys), self.keys.dtype, self.keys.device)
-        self.keys = _cat([self.keys, pad], dim=2)
-        self.values = _cat([self.values, pad], dim=2)
+        kind, dtype, device = _kv_cache_dtype(self.keys), self.keys.dtype, self.keys.device
+        self.keys = _cat([self.keys, _buffer(shape, kind, dtype, device)], dim=2)
+        self.values = _cat([self.values, _buffer(shape, kind, dtype, device, positions_last=True)], dim=2)
 
     def append(
         self, k: torch.Tensor, v: torch.Tensor

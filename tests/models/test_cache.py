@@ -84,3 +84,27 @@ def test_growing_kv_returns_what_was_appended():
     torch.testing.assert_close(keys, expected)
     torch.testing.assert_close(values, -expected)
     assert mask is None
+
+
+def test_int8_values_stay_positions_last_through_growth_rows_stacking_and_loading():
+    """An int8 cache's values are kept positions last (the layout the decoding step reads) after
+    every operation that makes new storage, and are saved in the usual layout, equal to what was
+    written."""
+    x = [torch.randn(2, 2, n, 16) for n in (5, 300)]
+    store = GrowingKV(2, 2, 16, torch.float32, "cpu", capacity=5, kv_cache_dtype="int8")
+    assert store.capacity == 16  # capacities are multiples of the int8 product's step
+    for part in x:
+        store.append(part, part)  # the second append grows the storage
+    assert store.values.positions_last and not store.keys.positions_last
+    written = store.values.dequantize()[:, :, :305]
+    saved = store.tensors()
+    assert saved["values"].is_contiguous() and saved["values"].shape == (2, 2, 305, 16)
+    loaded = GrowingKV(2, 2, 16, torch.float32, "cpu", kv_cache_dtype="int8")
+    loaded.load_tensors(saved, [305, 305])
+    stacked = GrowingKV.stack([store, loaded])
+    store.select_rows(torch.tensor([1, 0]))
+    for other in (loaded, stacked, store):
+        assert other.values.positions_last and other.capacity % 16 == 0
+    torch.testing.assert_close(loaded.values.dequantize()[:, :, :305], written, atol=0, rtol=0)
+    torch.testing.assert_close(stacked.values.dequantize()[2:, :, :305], written, atol=0, rtol=0)
+    torch.testing.assert_close(store.values.dequantize()[:, :, :305], written.flip(0), atol=0, rtol=0)

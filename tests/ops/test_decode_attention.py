@@ -9,7 +9,13 @@ import torch
 import torch.nn.functional as F
 
 from yoco.ops.attention import attention_reference
-from yoco.ops.decode_attention import decode_attention, decode_attention_reference, int8_decode_attention
+import yoco.ops.decode_attention as decode_attention_module
+from yoco.ops.decode_attention import (
+    _whole_memory_rows,
+    decode_attention,
+    decode_attention_reference,
+    int8_decode_attention,
+)
 from yoco.ops.quantize import QuantizedKV, quantize_int8
 
 BLOCK = 16
@@ -99,15 +105,17 @@ def int8(x: torch.Tensor, dtype=torch.float32) -> QuantizedKV:
 
 @pytest.mark.parametrize("n_keys", [1, 5, 3 * BLOCK + 5])
 @pytest.mark.parametrize("kv_heads", [4, 2, 1])
-def test_int8_path_equals_the_reference_over_the_dequantized_cache(n_keys, kv_heads):
-    """The int8 path reads int8 keys through a weight-only int8 product and folds the value
-    scales into the weights; in float32 that is the dequantized attention up to rounding."""
-    q, k, v = qkv(n_keys, kv_heads=kv_heads, d=16)  # the int8 product takes widths in steps of 16
+@pytest.mark.parametrize("width", [16, 8])
+def test_int8_path_equals_the_reference_over_the_dequantized_cache(n_keys, kv_heads, width):
+    """The int8 path rounds the query to int8, takes exact integer products with the int8 keys
+    and folds the value scales into the weights; in float32 that is attention over the
+    dequantized cache and the dequantized query, up to float32 rounding, at any head width."""
+    q, k, v = qkv(n_keys, kv_heads=kv_heads, d=width)
     lengths = [n_keys, max(1, n_keys - 3)]
     key_mask = (torch.arange(n_keys)[None] < torch.tensor(lengths)[:, None])[:, None, None, :]
     for mask in (None, key_mask):
         out = int8_decode_attention(q, int8(k), int8(v), mask)
-        exact = attention_reference(q, int8(k).dequantize(), int8(v).dequantize(), mask)
+        exact = attention_reference(int8(q).dequantize(), int8(k).dequantize(), int8(v).dequantize(), mask)
         torch.testing.assert_close(out, exact, **TOL)
         torch.testing.assert_close(decode_attention(q, int8(k), int8(v), mask), out, atol=0, rtol=0)
 
@@ -119,10 +127,9 @@ def test_int8_path_in_bfloat16_stays_within_bfloat16_rounding():
     assert out.dtype == torch.bfloat16
     keys, values = qk.dequantize(), qv.dequantize()  # what the cache stands for, in bfloat16
     exact = attention_reference(q.float(), keys.float(), values.float())
-    # The scores leave the int8 product rounded to bfloat16 (relative 2^-9), as in eager
-    # attention computed in bfloat16 (q @ kᵀ in bfloat16, softmax in float32, weights rounded):
-    # the bound is twice that eager attention's error over the same dequantized keys. Measured:
-    # 0.020 against eager's 0.022 (SDPA, whose scores stay float32: 0.0037; outputs are O(1)).
+    # The query's int8 rounding (relative 2^-8 of its largest element) moves the scores about as
+    # much as eager attention's bfloat16 scores (q @ kᵀ in bfloat16, softmax in float32, weights
+    # rounded) do: the bound is twice that eager attention's error over the same dequantized keys.
     error = (out.float() - exact).abs().max().item()
     scores = (q @ keys.repeat_interleave(2, dim=1).transpose(-1, -2)) * 64**-0.5
     eager = torch.softmax(scores.float(), dim=-1).to(torch.bfloat16) @ values.repeat_interleave(2, dim=1)
@@ -130,9 +137,45 @@ def test_int8_path_in_bfloat16_stays_within_bfloat16_rounding():
     assert error < 0.05 and error < 2 * eager_error, (error, eager_error)
 
 
-def test_int8_heads_narrower_than_the_product_takes_dequantize_instead():
-    q, k, v = qkv(40)  # width 8
-    with pytest.raises(ValueError, match="multiples of 16, got 8"):
-        int8_decode_attention(q, int8(k), int8(v))
-    exact = attention_reference(q, int8(k).dequantize(), int8(v).dequantize())
-    torch.testing.assert_close(decode_attention(q, int8(k), int8(v), block=BLOCK), exact, **TOL)
+def int8_in_a_cache_buffer(x: torch.Tensor, capacity: int, dtype=torch.bfloat16) -> QuantizedKV:
+    """x quantized into the first positions of a positions-last buffer of ``capacity`` positions,
+    as a cache holds its values; the positions past x hold leftover int8 bytes (never zero)."""
+    buffer = QuantizedKV.zeros((*x.shape[:2], capacity, x.shape[-1]), dtype, x.device, positions_last=True)
+    buffer.values.copy_(torch.randint(-127, 128, buffer.shape, generator=torch.Generator().manual_seed(1)))
+    buffer[:, :, : x.shape[2]] = x
+    return buffer[:, :, : x.shape[2]]
+
+
+@pytest.mark.parametrize("kv_heads", [2, 1])
+def test_int8_values_kept_positions_last_are_summed_by_the_int8_product(kv_heads, monkeypatch):
+    """Values kept positions last go through the int8 product over the buffer's whole capacity,
+    the weights zero past each row's length: the same attention, within bfloat16 rounding, as the
+    dense reference, whatever the leftover bytes past the length and with rows of unequal length."""
+    n_keys, capacity = 3000, 3008
+    q, k, v = qkv(n_keys, kv_heads=kv_heads, dtype=torch.bfloat16, d=64)
+    products = []
+    product = decode_attention_module._INT8_MM
+    monkeypatch.setattr(
+        decode_attention_module, "_INT8_MM", lambda a, b, s: products.append(b.shape) or product(a, b, s)
+    )
+    qk, qv = int8(k, torch.bfloat16), int8_in_a_cache_buffer(v, capacity)
+    assert qv.positions_last and not int8(v).positions_last
+    lengths = [n_keys, n_keys - 777]
+    key_mask = (torch.arange(n_keys)[None] < torch.tensor(lengths)[:, None])[:, None, None, :]
+    for mask in (None, key_mask):
+        products.clear()
+        out = int8_decode_attention(q, qk, qv, mask)
+        assert products.count((64, capacity)) == 2 * kv_heads  # one value sum per row and K/V head
+        exact = attention_reference(q.float(), qk.dequantize().float(), qv.dequantize().float(), mask)
+        first = int8_decode_attention(q, qk, int8(v, torch.bfloat16), mask)  # values converted
+        bound = 2 * (first.float() - exact).abs().max().item()  # measured: 0.015 against 0.013-0.015
+        assert (out.float() - exact).abs().max().item() < bound
+
+
+def test_only_whole_aligned_buffer_rows_are_read_past_the_length():
+    """The product reads the capacity only when it is a multiple of the product's step and the
+    view's rows are whole rows of the buffer; otherwise the values are converted."""
+    values = int8_in_a_cache_buffer(torch.randn(1, 1, 10, 16), capacity=32).values[0, 0]
+    assert _whole_memory_rows(values).shape == (16, 32)
+    assert _whole_memory_rows(int8_in_a_cache_buffer(torch.randn(1, 1, 10, 16), 30).values[0, 0]) is None
+    assert _whole_memory_rows(int8(torch.randn(1, 1, 10, 16)).values[0, 0]) is None  # positions first

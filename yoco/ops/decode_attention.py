@@ -19,7 +19,7 @@ the fallback for other devices; both are tested against SDPA and the dense refer
 
 import torch
 
-from yoco.ops.quantize import QuantizedKV, dequantized
+from yoco.ops.quantize import QuantizedKV, dequantized, quantize_int8
 
 KEY_BLOCK = 4096  # keys per block (2048 to 8192 measured within 5% of each other)
 # Blocks per kernel call: the reference dequantizes an int8 cache one call's keys at a time, so
@@ -28,11 +28,14 @@ BLOCKS_PER_CALL = 16
 # An int8 cache's values are converted to float32 this many keys at a time: the copy stays in
 # the CPU's cache (4096 to 16384 measured within 20%; 128K keys, 7x slower).
 VALUE_CHUNK = 8192
+# The int8 path handles this many keys of every row and head at a time between its products:
+# their scores (4 bytes a key and query head) stay within the CPU's cache.
+KEY_CHUNK = 65536
 _FUSED = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 _INT8_MM = getattr(torch.ops.aten, "_weight_int8pack_mm", None)
-# That product's bfloat16 kernel reads rows in steps of 16: narrower heads crashed it or gave wrong
-# sums (torch 2.13, head widths 8 and 24), so they take the dequantizing path.
-_INT8_MM_WIDTH = 16
+# That product reduces in steps of 16: other reduction lengths crashed it or gave wrong sums
+# (torch 2.13, lengths 8, 24, 1000), so it is only given whole steps.
+_INT8_MM_STEP = 16
 
 
 def _check(q: torch.Tensor, k: torch.Tensor) -> None:
@@ -97,11 +100,10 @@ def decode_attention(
     """Attention of one query per head to every key: q (B, H, 1, d); k, v (B, H_kv, N, d) with
     ``H % H_kv == 0``, or int8 (:class:`~yoco.ops.quantize.QuantizedKV`); ``key_mask``
     (B, 1, 1, N), True on real keys -> (B, H, 1, d_v) in q's dtype. An int8 cache takes
-    :func:`int8_decode_attention` where it can (CPU, head widths in steps of 16), else its blocks
-    are dequantized. The fused kernels are CPU only; elsewhere this is
-    :func:`decode_attention_reference`."""
+    :func:`int8_decode_attention`. The fused and int8 kernels are CPU only; elsewhere this is
+    :func:`decode_attention_reference` (an int8 cache's blocks dequantized)."""
     on_cpu = q.device.type == "cpu"
-    if on_cpu and isinstance(k, QuantizedKV) and _INT8_MM is not None and q.shape[-1] % _INT8_MM_WIDTH == 0:
+    if on_cpu and isinstance(k, QuantizedKV):
         return int8_decode_attention(q, k, v, key_mask, scale)
     if not on_cpu or _FUSED is None:
         return decode_attention_reference(q, k, v, key_mask, scale, block)
@@ -119,6 +121,24 @@ def decode_attention(
     return _split_k(q, k, v, key_mask, block, attend)
 
 
+def _chunks(n: int, size: int):
+    """(start, end) of consecutive pieces of ``size`` (the last one shorter) covering 0 .. n."""
+    for start in range(0, n, size):
+        yield start, min(start + size, n)
+
+
+def _whole_memory_rows(values: torch.Tensor) -> torch.Tensor | None:
+    """The (d, capacity) int8 memory behind (n, d) values kept positions last, when the int8
+    product can read it (capacity a multiple of its step); None otherwise."""
+    rows = values.transpose(0, 1)  # (d, n), each row a run of contiguous positions
+    d, capacity = rows.shape[0], rows.stride(0)
+    if rows.stride(1) != 1 or capacity < rows.shape[1] or capacity % _INT8_MM_STEP:
+        return None
+    if rows.storage_offset() + d * capacity > rows.untyped_storage().nbytes():
+        return None  # the last row's tail lies outside the memory: not a whole buffer row
+    return rows.as_strided((d, capacity), (capacity, 1))
+
+
 def int8_decode_attention(
     q: torch.Tensor,
     k: QuantizedKV,
@@ -126,39 +146,80 @@ def int8_decode_attention(
     key_mask: torch.Tensor | None = None,
     scale: float | None = None,
 ) -> torch.Tensor:
-    """:func:`decode_attention` over an int8 cache, reading the int8 keys as they are.
+    """:func:`decode_attention` over an int8 cache, reading the int8 keys and values as they are.
 
     Dequantizing a block and handing it to the fused kernel writes and reads every key again in
-    floating point, three times the int8 bytes. The keys need no copy: with per-key scales s_j,
-    q·k_j = s_j · (q·k̂_j) for the int8 vector k̂_j, and ``_weight_int8pack_mm`` (PyTorch's
-    weight-only int8 product) computes q·k̂_j for all keys from the int8 values, one K/V head at a
-    time. The value scales fold into the attention weights, p_j·v_j = (p_j·s_j)·v̂_j, and the
-    int8 values are converted ``VALUE_CHUNK`` keys at a time for the weighted sum (float32
-    products: with one query row they beat bfloat16 ones here). Scores come out of the int8
-    product rounded to q's dtype (as ``q @ kᵀ`` would in that dtype); the softmax and the sums are
-    float32. CPU only: elsewhere :func:`decode_attention_reference`."""
+    floating point, three times the int8 bytes. Neither keys nor values need a copy:
+
+    * **Scores.** The query is rounded to int8 like a key (one scale per vector, as llama.cpp
+      does for its q8_0 cache), and ``torch._int_mm`` gives the exact int32 products q̂·k̂_j
+      with every key from the int8 bytes; the two scales turn them into float32 scores.
+    * **Weighted sum.** The value scales fold into the attention weights,
+      Σ_j p_j·v_j = Σ_j (p_j·s_j)·v̂_j. With the values kept positions last
+      (:mod:`yoco.ops.quantize`) that sum is ``_weight_int8pack_mm`` (PyTorch's weight-only int8
+      product, which reduces along contiguous int8 memory) over the buffer's whole capacity, the
+      weights rounded to q's dtype and zero past the filled positions. In float32 that product
+      is slower than converting the values (~2.5 against ~6 GiB/s here), so float32 models, and
+      values kept positions first, convert them ``VALUE_CHUNK`` keys at a time instead.
+
+    Against attention over the dequantized cache and the int8-rounded query this is exact up to
+    float32 rounding in float32 models, and up to the weights' rounding otherwise. CPU only:
+    elsewhere :func:`decode_attention_reference`."""
     _check(q, k)
     b, h, _, d = q.shape
-    if d % _INT8_MM_WIDTH:
-        raise ValueError(
-            f"the int8 product needs head widths that are multiples of {_INT8_MM_WIDTH}, got {d}"
-        )
     h_kv, n = k.shape[1], k.shape[2]
     rep = h // h_kv
     scale = d**-0.5 if scale is None else scale
-    queries = (q.float() * scale).to(q.dtype).reshape(b, h_kv, rep, d)
-    unit = torch.ones(n, dtype=q.dtype)
+    q_values, q_scales = quantize_int8(q.reshape(b, h_kv, rep, d))
+    unit = torch.ones(v.shape[-1], dtype=q.dtype)
+    coefficients = q_scales * scale  # (B, H_kv, rep, 1)
+    key_scales, value_scales = k.scales.transpose(-1, -2), v.scales.transpose(-1, -2)  # (B, H_kv, 1, n)
+    converted = q.dtype == torch.float32 or _INT8_MM is None
+    memory = [[None if converted else _whole_memory_rows(v.values[row, head]) for head in range(h_kv)] for row in range(b)]
+    summed_by_product = all(m is not None for rows in memory for m in rows)  # else: converted
+    if summed_by_product:  # the weights in q's dtype, zero past the filled positions
+        weights = torch.empty(b, h_kv, rep, memory[0][0].shape[1], dtype=q.dtype)
+        weights[..., n:] = 0
+    else:
+        weights = torch.empty(b, h_kv, rep, n)
+    # One pass over the keys, KEY_CHUNK at a time for all rows and heads at once, so that the
+    # element-wise work between the products stays in the CPU's cache: each chunk's weights are
+    # exp(score - the largest score so far) · value scale. Chunks weighed against a maximum that a
+    # later chunk exceeded are scaled down to the final maximum after the pass (a second rounding
+    # of those weights; none when the largest score comes first, as with an attention sink).
+    running = torch.full((b, h_kv, rep, 1), float("-inf"))
+    maxima, sums = [], []
+    for start, end in _chunks(n, KEY_CHUNK):
+        products = torch.empty(b, h_kv, rep, end - start, dtype=torch.int32)
+        for row in range(b):
+            for head in range(h_kv):
+                keys = k.values[row, head, start:end].contiguous()  # a view unless sliced oddly
+                torch._int_mm(q_values[row, head], keys.transpose(0, 1), out=products[row, head])
+        # (a conversion, then float32 products: twice as fast here as one mixed-dtype product)
+        chunk = products.float().mul_(key_scales[..., start:end]).mul_(coefficients)
+        if key_mask is not None:
+            chunk.masked_fill_(~key_mask[..., start:end], float("-inf"))
+        running = torch.maximum(running, chunk.amax(-1, keepdim=True))
+        # A row with no visible key yet has weights 0 here whatever it subtracts.
+        chunk.sub_(running.nan_to_num(neginf=0.0)).exp_()
+        maxima.append(running)
+        sums.append(chunk.sum(-1, keepdim=True))
+        weights[..., start:end] = chunk.mul_(value_scales[..., start:end])
+    total = torch.zeros(b, h_kv, rep, 1)
+    for (start, end), maximum, chunk_sum in zip(_chunks(n, KEY_CHUNK), maxima, sums, strict=True):
+        factor = torch.exp(maximum - running)  # 1 where the chunk saw the final maximum, 0 for -inf
+        total += chunk_sum * factor
+        if (factor != 1).any():
+            weights[..., start:end] *= factor
     out = torch.zeros(b, h_kv, rep, v.shape[-1])
     for row in range(b):
         for head in range(h_kv):
-            keys = k.values[row, head].contiguous()  # a view of the cache unless it was sliced oddly
-            scores = _INT8_MM(queries[row, head], keys, unit).float() * k.scales[row, head, :, 0]
-            if key_mask is not None:
-                scores = scores.masked_fill(~key_mask[row, 0], float("-inf"))
-            weights = torch.softmax(scores, dim=-1) * v.scales[row, head, :, 0]
-            for start in range(0, n, VALUE_CHUNK):
-                piece = slice(start, start + VALUE_CHUNK)
-                out[row, head] += weights[:, piece] @ v.values[row, head, piece].float()
+            if summed_by_product:
+                out[row, head] = _INT8_MM(weights[row, head], memory[row][head], unit)
+                continue
+            for start, end in _chunks(n, VALUE_CHUNK):
+                out[row, head] += weights[row, head, :, start:end] @ v.values[row, head, start:end].float()
+    out /= total
     return out.reshape(b, h, 1, -1).to(q.dtype)
 
 

@@ -10,6 +10,12 @@ llama.cpp's q8_0 cache and transformers' quantized cache, with one scale per who
 and concatenated along the leading axes like a tensor. A decoding step reads the int8 values
 as they are (:func:`yoco.ops.decode_attention.int8_decode_attention`); other attention
 dequantizes what it reads (:func:`dequantized`).
+
+A store may keep its int8 values **positions last** (``QuantizedKV.zeros(..., positions_last=True)``):
+the memory is (..., d, N) and ``values`` is its transposed view, so everything that indexes,
+writes or saves it sees the usual (..., N, d) shape. The weighted sum of a decoding step,
+Σ_j w_j·v̂_j, is then a product whose reduction runs along contiguous memory, which PyTorch's
+int8 product computes straight from the int8 bytes.
 """
 
 import torch
@@ -27,8 +33,10 @@ def quantize_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def dequantize_int8(values: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """values · scales in float32, rounded once to ``dtype``."""
-    return (values.float() * scales).to(dtype)
+    """values · scales in float32, rounded once to ``dtype``, in the usual (…, N, d) memory layout
+    whatever the values' layout (fused attention kernels expect it)."""
+    out = torch.empty(values.shape, dtype=dtype, device=values.device)
+    return torch.mul(values, scales, out=out)  # computed in float32 (the scales' dtype)
 
 
 class QuantizedKV:
@@ -43,15 +51,30 @@ class QuantizedKV:
         self.values, self.scales, self.dtype = values, scales, dtype
 
     @classmethod
-    def zeros(cls, shape, dtype: torch.dtype, device) -> "QuantizedKV":
-        values = torch.zeros(shape, dtype=torch.int8, device=device)
+    def zeros(cls, shape, dtype: torch.dtype, device, positions_last: bool = False) -> "QuantizedKV":
+        if positions_last:
+            memory = torch.zeros((*shape[:-2], shape[-1], shape[-2]), dtype=torch.int8, device=device)
+            values = memory.transpose(-1, -2)
+        else:
+            values = torch.zeros(shape, dtype=torch.int8, device=device)
         return cls(values, torch.zeros((*shape[:-1], 1), dtype=torch.float32, device=device), dtype)
+
+    @property
+    def positions_last(self) -> bool:
+        """Whether the values' memory runs along positions (see the module's docstring)."""
+        return self.values.shape[-2] > 1 and self.values.stride(-2) == 1
 
     @classmethod
     def cat(cls, parts: list["QuantizedKV"], dim: int) -> "QuantizedKV":
-        if dim in (-1, parts[0].values.dim() - 1):
+        """Concatenated along a leading axis; positions last if any part is (an empty one cannot tell)."""
+        ndim = parts[0].values.dim()
+        if dim in (-1, ndim - 1):
             raise ValueError("QuantizedKV concatenates along leading axes only")
-        values = torch.cat([p.values for p in parts], dim=dim)
+        if any(p.positions_last for p in parts):  # concatenate the (..., d, N) memory; torch.cat would not keep it
+            memory_dim = -1 if dim in (-2, ndim - 2) else dim
+            values = torch.cat([p.values.transpose(-1, -2) for p in parts], dim=memory_dim).transpose(-1, -2)
+        else:
+            values = torch.cat([p.values for p in parts], dim=dim)
         return cls(values, torch.cat([p.scales for p in parts], dim=dim), parts[0].dtype)
 
     @property
