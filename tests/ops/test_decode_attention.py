@@ -179,3 +179,26 @@ def test_only_whole_aligned_buffer_rows_are_read_past_the_length():
     assert _whole_memory_rows(values).shape == (16, 32)
     assert _whole_memory_rows(int8_in_a_cache_buffer(torch.randn(1, 1, 10, 16), 30).values[0, 0]) is None
     assert _whole_memory_rows(int8(torch.randn(1, 1, 10, 16)).values[0, 0]) is None  # positions first
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_int8_path_over_several_key_chunks_rescales_to_the_final_maximum(dtype, monkeypatch):
+    """Chunks are weighed against the largest score seen so far; a later, larger score must scale
+    the earlier chunks down. Keys chunked by 16, the largest score placed in the last chunk of a
+    full row; the shorter row's last chunks are fully hidden."""
+    monkeypatch.setattr(decode_attention_module, "KEY_CHUNK", BLOCK)
+    q, k, v = qkv(3 * BLOCK + 5, kv_heads=2, d=16)
+    k[:, :, -2] = 4 * q[:, ::2, 0]  # aligned with the first query head of each K/V head
+    lengths = [3 * BLOCK + 5, BLOCK + 3]
+    mask = (torch.arange(k.shape[2])[None] < torch.tensor(lengths)[:, None])[:, None, None, :]
+    qk, qv = int8(k.to(dtype), dtype), int8_in_a_cache_buffer(v, 64, dtype)
+    q = q.to(dtype)
+    exact = attention_reference(int8(q.float()).dequantize(), qk.dequantize().float(), qv.dequantize().float(), mask)
+    out = int8_decode_attention(q, qk, qv, mask)
+    if dtype == torch.float32:
+        torch.testing.assert_close(out, exact, **TOL)
+    else:  # weights rounded to bfloat16 (twice in rescaled chunks) against once in one chunk
+        monkeypatch.setattr(decode_attention_module, "KEY_CHUNK", 4 * BLOCK)
+        one_chunk = int8_decode_attention(q, qk, qv, mask)
+        error, one_chunk_error = ((x.float() - exact).abs().max().item() for x in (out, one_chunk))
+        assert error < 2 * one_chunk_error, (error, one_chunk_error)
