@@ -1,5 +1,7 @@
 """MQAR data invariants and a short training smoke run."""
 
+import json
+
 import pytest
 import torch
 
@@ -95,9 +97,23 @@ def test_mqar_command_keeps_finished_rows_and_writes_the_table(tmp_path):
     options += ["--batch-size", "4", "--vocab-size", "32", "--out", str(tmp_path / "run")]
     main([*options, "--evaluation-md", str(doc)])
     first = (tmp_path / "run" / "mqar.jsonl").read_text()
-    assert "| transformer | 16 |" in doc.read_text() and "yoco eval mqar --grid 32:2" in doc.read_text()
+    assert "| transformer | 16 | 0 |" in doc.read_text() and "yoco eval mqar --grid 32:2" in doc.read_text()
     main(options)  # the same grid again: the finished row is reused, not retrained
     assert (tmp_path / "run" / "mqar.jsonl").read_text() == first
+    # A grid entry may name its vocabulary: a different vocabulary is a new row, in its own column.
+    main([*options[:2], "32:2:48", *options[3:]])
+    rows = [json.loads(line) for line in (tmp_path / "run" / "mqar.jsonl").read_text().splitlines()]
+    assert [r["vocab_size"] for r in rows] == [32, 48]
+    assert "(32, 2), vocab 48" in (tmp_path / "run" / "mqar.md").read_text()
+
+
+@pytest.mark.parametrize("entry", ["32", "32:2:4:1", "32:x", "0:2"])
+def test_mqar_grid_entries_are_checked(entry, capsys):
+    from yoco.eval.command import main
+
+    with pytest.raises(SystemExit):
+        main(["mqar", "--grid", entry])
+    assert "SEQ_LEN:PAIRS or SEQ_LEN:PAIRS:VOCAB" in capsys.readouterr().err
 
 
 def test_part_suffixes_swap_parts_in_and_unknown_ones_are_refused():

@@ -1,6 +1,7 @@
 """`yoco eval ppl | needle | copy | mqar`: evaluate saved models, or train recall probes from scratch."""
 
 import argparse
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -16,18 +17,34 @@ def _load(path: str, dtype: str):
     return load_pretrained(path, getattr(torch, dtype))
 
 
+def mqar_setting(text: str) -> tuple[int, int, int | None]:
+    """A grid entry ``SEQ_LEN:PAIRS`` or ``SEQ_LEN:PAIRS:VOCAB`` (vocabulary None: --vocab-size)."""
+    parts = text.split(":")
+    try:
+        numbers = [int(x) for x in parts]
+    except ValueError:
+        numbers = []
+    if len(numbers) not in (2, 3) or min(numbers) < 1:
+        raise argparse.ArgumentTypeError(
+            f"grid entries are SEQ_LEN:PAIRS or SEQ_LEN:PAIRS:VOCAB with positive integers, got {text!r}"
+        )
+    return numbers[0], numbers[1], numbers[2] if len(numbers) == 3 else None
+
+
 def mqar_table(rows: list[dict]) -> str:
-    settings = sorted({(r["seq_len"], r["num_pairs"]) for r in rows})
-    kinds = list(dict.fromkeys((r["model"], r["hidden"]) for r in rows))
-    lookup = {(r["model"], r["hidden"], r["seq_len"], r["num_pairs"]): r["accuracy"] for r in rows}
-    header = "| model | width | " + " | ".join(f"({s}, {p})" for s, p in settings) + " |"
-    lines = [header, "|" + "---|" * (2 + len(settings))]
-    for model, hidden in kinds:
-        cells = [
-            f"{lookup[(model, hidden, s, p)]:.1%}" if (model, hidden, s, p) in lookup else ""
-            for s, p in settings
-        ]
-        lines.append(f"| {model} | {hidden} | " + " | ".join(cells) + " |")
+    settings = sorted({(r["seq_len"], r["num_pairs"], r["vocab_size"]) for r in rows})
+    kinds = list(dict.fromkeys((r["model"], r["hidden"], r.get("seed", 0)) for r in rows))
+    lookup = {
+        (r["model"], r["hidden"], r.get("seed", 0), r["seq_len"], r["num_pairs"], r["vocab_size"]): r for r in rows
+    }
+    header = "| model | width | seed | " + " | ".join(f"({s}, {p}), vocab {v}" for s, p, v in settings) + " |"
+    lines = [header, "|" + "---|" * (3 + len(settings))]
+    for model, hidden, seed in kinds:
+        cells = []
+        for setting in settings:
+            row = lookup.get((model, hidden, seed, *setting))
+            cells.append("" if row is None else f"{row['accuracy']:.1%} ({row['final_loss']:.3f})")
+        lines.append(f"| {model} | {hidden} | {seed} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -49,18 +66,20 @@ def run_mqar(args, argv: list[str] | None) -> None:
         random_non_queries=not args.zero_gaps,
     )
     rows = []
-    for setting in args.grid:
-        seq_len, pairs = (int(x) for x in setting.split(":"))
+    for seq_len, pairs, vocab in args.grid:
+        vocab = vocab or args.vocab_size
         for hidden in args.widths:
-            for kind in args.models:
-                key = dict(model=kind, hidden=hidden, seq_len=seq_len, num_pairs=pairs, **recipe)
+            for kind, seed in itertools.product(args.models, args.seeds):
+                key = dict(model=kind, hidden=hidden, seq_len=seq_len, num_pairs=pairs, vocab_size=vocab, **recipe)
+                key["seed"] = seed
                 row = next((r for r in done if all(r.get(k) == v for k, v in key.items())), None)
                 if row is None:
-                    row = {**train_recall(kind, seq_len, pairs, hidden, args.vocab_size, **recipe), **recipe}
+                    row = {**train_recall(kind, seq_len, pairs, hidden, vocab, seed=seed, **recipe), **key}
                     with done_path.open("a") as f:
                         f.write(json.dumps(row) + "\n")
                     print(
-                        f"{kind} d={hidden} ({seq_len}, {pairs}): {row['accuracy']:.1%} in {row['seconds']:.0f} s"
+                        f"{kind} d={hidden} seed {seed} ({seq_len}, {pairs}), vocab {vocab}: {row['accuracy']:.1%} "
+                        f"in {row['seconds']:.0f} s"
                     )
                 rows.append(row)
     table = mqar_table(rows)
@@ -76,9 +95,10 @@ def run_mqar(args, argv: list[str] | None) -> None:
             f"{describe(environment())}\n"
             f"Command: `{command}` ({minutes:.0f} min of training on this machine; accuracy on 512 "
             f"held-out sequences; {args.steps} steps of batch {args.batch_size}, lr {args.lr}, "
-            f"SWA window {args.window}, vocab {args.vocab_size}, 2 layers, "
+            f"SWA window {args.window}, 2 layers, "
             f"{'untied' if args.untied_embeddings else 'tied'} embeddings, "
-            f"{'zeros' if args.zero_gaps else 'random tokens'} between queries)\n\n{table}"
+            f"{'zeros' if args.zero_gaps else 'random tokens'} between queries; cells: accuracy "
+            f"(final training loss))\n\n{table}"
         )
         update_section(Path(args.evaluation_md), "mqar", body, Path(args.evaluation_md).parent)
 
@@ -121,15 +141,21 @@ def main(argv: list[str] | None = None) -> None:
         help="registry model names (yoco.models.registry): kinds such as yoco-swa or the controls "
         "swa-only / gret-only, with part suffixes such as +diff or +nope (e.g. yoco-swa+diff)",
     )
-    mqar.add_argument("--widths", type=int, nargs="+", default=[64, 128])
+    mqar.add_argument("--widths", type=int, nargs="+", default=[128])
     mqar.add_argument(
-        "--grid", nargs="+", default=["64:4", "128:8", "256:16", "512:64"], help="seq_len:pairs"
+        "--grid",
+        nargs="+",
+        type=mqar_setting,
+        default=[mqar_setting("128:8:256"), mqar_setting("256:16:1024")],
+        help="settings SEQ_LEN:PAIRS[:VOCAB] (default: (128, 8) with vocabulary 256 and twice the "
+        "length and pairs with four times the vocabulary)",
     )
-    mqar.add_argument("--vocab-size", type=int, default=8192)
+    mqar.add_argument("--vocab-size", type=int, default=8192, help="for grid entries without a vocabulary")
     mqar.add_argument("--steps", type=int, default=2000)
-    mqar.add_argument("--batch-size", type=int, default=64)
-    mqar.add_argument("--lr", type=float, default=1e-3)
-    mqar.add_argument("--window", type=int, default=32, help="SWA window (below the key-query distances)")
+    mqar.add_argument("--seeds", type=int, nargs="+", default=[0], help="one model per seed (init and data)")
+    mqar.add_argument("--batch-size", type=int, default=32)
+    mqar.add_argument("--lr", type=float, default=1e-3, help="gated retention does not train at 3e-3")
+    mqar.add_argument("--window", type=int, default=8, help="SWA window (below the key-query distances)")
     mqar.add_argument(
         "--untied-embeddings", action="store_true", help="separate LM head (default: tied to the embedding)"
     )
