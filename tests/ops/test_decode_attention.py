@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from yoco.ops.attention import attention_reference
 import yoco.ops.decode_attention as decode_attention_module
+from yoco.ops.attention import attention_reference
 from yoco.ops.decode_attention import (
     _whole_memory_rows,
     decode_attention,
@@ -193,7 +193,9 @@ def test_int8_path_over_several_key_chunks_rescales_to_the_final_maximum(dtype, 
     mask = (torch.arange(k.shape[2])[None] < torch.tensor(lengths)[:, None])[:, None, None, :]
     qk, qv = int8(k.to(dtype), dtype), int8_in_a_cache_buffer(v, 64, dtype)
     q = q.to(dtype)
-    exact = attention_reference(int8(q.float()).dequantize(), qk.dequantize().float(), qv.dequantize().float(), mask)
+    exact = attention_reference(
+        int8(q.float()).dequantize(), qk.dequantize().float(), qv.dequantize().float(), mask
+    )
     out = int8_decode_attention(q, qk, qv, mask)
     if dtype == torch.float32:
         torch.testing.assert_close(out, exact, **TOL)

@@ -175,7 +175,10 @@ def int8_decode_attention(
     coefficients = q_scales * scale  # (B, H_kv, rep, 1)
     key_scales, value_scales = k.scales.transpose(-1, -2), v.scales.transpose(-1, -2)  # (B, H_kv, 1, n)
     converted = q.dtype == torch.float32 or _INT8_MM is None
-    memory = [[None if converted else _whole_memory_rows(v.values[row, head]) for head in range(h_kv)] for row in range(b)]
+    memory = [
+        [None if converted else _whole_memory_rows(v.values[row, head]) for head in range(h_kv)]
+        for row in range(b)
+    ]
     summed_by_product = all(m is not None for rows in memory for m in rows)  # else: converted
     if summed_by_product:  # the weights in q's dtype, zero past the filled positions
         weights = torch.empty(b, h_kv, rep, memory[0][0].shape[1], dtype=q.dtype)

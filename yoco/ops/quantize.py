@@ -70,7 +70,8 @@ class QuantizedKV:
         ndim = parts[0].values.dim()
         if dim in (-1, ndim - 1):
             raise ValueError("QuantizedKV concatenates along leading axes only")
-        if any(p.positions_last for p in parts):  # concatenate the (..., d, N) memory; torch.cat would not keep it
+        # Positions last: concatenate the (..., d, N) memory, a layout torch.cat would not keep.
+        if any(p.positions_last for p in parts):
             memory_dim = -1 if dim in (-2, ndim - 2) else dim
             values = torch.cat([p.values.transpose(-1, -2) for p in parts], dim=memory_dim).transpose(-1, -2)
         else:
