@@ -7,7 +7,8 @@ attention (best of 7) and the share of the plain read bandwidth (measured in the
 which it reads the cache: SDPA, split-K, and decode attention over the same keys and values stored
 int8 (:mod:`yoco.ops.quantize`; its share counts the int8 bytes it reads). 8 query heads of 64
 dimensions, batch 1, the cache a slice of a larger buffer as in a decoding cache (int8: written
-into a :class:`~yoco.cache.GrowingKV`, values kept positions last as a cache keeps them). Results: docs/BENCHMARKS.md.
+into a :class:`~yoco.cache.GrowingKV`, values kept positions last as a cache keeps them).
+Results: docs/BENCHMARKS.md.
 """
 
 import argparse

@@ -33,10 +33,9 @@ def mqar_setting(text: str) -> tuple[int, int, int | None]:
 
 def mqar_table(rows: list[dict]) -> str:
     settings = sorted({(r["seq_len"], r["num_pairs"], r["vocab_size"]) for r in rows})
-    kinds = list(dict.fromkeys((r["model"], r["hidden"], r.get("seed", 0)) for r in rows))
+    kinds = list(dict.fromkeys((r["model"], r["hidden"], r["seed"]) for r in rows))
     lookup = {
-        (r["model"], r["hidden"], r.get("seed", 0), r["seq_len"], r["num_pairs"], r["vocab_size"]): r
-        for r in rows
+        (r["model"], r["hidden"], r["seed"], r["seq_len"], r["num_pairs"], r["vocab_size"]): r for r in rows
     }
     header = "| model | width | seed | " + " | ".join(f"({s}, {p}), vocab {v}" for s, p, v in settings) + " |"
     lines = [header, "|" + "---|" * (3 + len(settings))]
@@ -71,10 +70,8 @@ def run_mqar(args, argv: list[str] | None) -> None:
         vocab = vocab or args.vocab_size
         for hidden in args.widths:
             for kind, seed in itertools.product(args.models, args.seeds):
-                key = dict(
-                    model=kind, hidden=hidden, seq_len=seq_len, num_pairs=pairs, vocab_size=vocab, **recipe
-                )
-                key["seed"] = seed
+                setting = dict(seq_len=seq_len, num_pairs=pairs, vocab_size=vocab, seed=seed)
+                key = dict(model=kind, hidden=hidden, **setting, **recipe)
                 row = next((r for r in done if all(r.get(k) == v for k, v in key.items())), None)
                 if row is None:
                     row = {**train_recall(kind, seq_len, pairs, hidden, vocab, seed=seed, **recipe), **key}
