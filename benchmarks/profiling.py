@@ -11,7 +11,7 @@ docs/bench/ and the profile section of docs/BENCHMARKS.md:
 
 import sys
 
-from yoco.bench.command import main
+from yoco.cli import main
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main(["bench", *sys.argv[1:]])

@@ -7,10 +7,10 @@ docs/EVALUATION.md. Same options as `yoco eval mqar`; see docs/EVALUATION.md for
 
 import sys
 
-from yoco.eval.command import main
+from yoco.cli import main
 
 if __name__ == "__main__":
     options = sys.argv[1:]
     if "--evaluation-md" not in options:
         options += ["--evaluation-md", "docs/EVALUATION.md"]
-    main(["mqar", *options])
+    main(["eval", "mqar", *options])

@@ -9,6 +9,8 @@ import importlib
 import os
 import sys
 
+from yoco.allocator import keep_freed_memory
+
 # name: ("module:function", summary). Modules are imported only when their command runs.
 COMMANDS = {
     "quickstart": (
@@ -54,6 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     target, _ = COMMANDS[argv[0]]
     module_name, function = target.split(":")
     command = getattr(importlib.import_module(module_name), function)
+    keep_freed_memory()
     try:
         command(argv[1:])
     except KeyboardInterrupt:
