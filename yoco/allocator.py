@@ -14,6 +14,8 @@ The cost is memory the process keeps after it has used it (at most its peak, plu
 threshold at the top of the heap): the right trade for a process doing inference or training.
 The ``yoco`` command applies it for every subcommand; set ``YOCO_SYSTEM_MALLOC=1`` to leave
 malloc alone. Library users can call :func:`keep_freed_memory` themselves.
+:func:`release_freed_memory` hands the kept memory back (the benchmarks call it before measuring
+a peak resident size).
 """
 
 import ctypes
@@ -27,6 +29,12 @@ M_MMAP_MAX = -4
 KEEP_BYTES = 1 << 30
 
 
+def _glibc():
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    return ctypes.CDLL(ctypes.util.find_library("c"))
+
+
 def keep_freed_memory(keep_bytes: int = KEEP_BYTES) -> bool:
     """Make glibc malloc serve every allocation from its heap and keep up to ``keep_bytes`` free.
 
@@ -35,7 +43,14 @@ def keep_freed_memory(keep_bytes: int = KEEP_BYTES) -> bool:
     """
     if os.environ.get("YOCO_SYSTEM_MALLOC", "") not in ("", "0"):
         return False
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    libc = _glibc()
+    if libc is None:
         return False
-    libc = ctypes.CDLL(ctypes.util.find_library("c"))
     return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, keep_bytes))
+
+
+def release_freed_memory() -> None:
+    """Return the free memory malloc holds to the kernel (glibc ``malloc_trim``); elsewhere a no-op."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)

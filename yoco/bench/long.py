@@ -369,6 +369,7 @@ def versus_markdown(versus: dict) -> list[str]:
             "YOCO ÷ llama.cpp decode, 16-bit",
             "YOCO ÷ llama.cpp prefill, 16-bit",
             "YOCO ÷ llama.cpp decode, 32-bit",
+            "YOCO ÷ llama.cpp prefill, 32-bit",
         ]
     body = []
     for n in versus["lengths"]:
@@ -387,6 +388,7 @@ def versus_markdown(versus: dict) -> list[str]:
                 f"{f16['step_s'] / bf16['step_s']:.2f}x" if f16 else "",
                 f"{f16['prefill_s'] / bf16['prefill_s']:.1f}x" if f16 else "",
                 f"{f32['step_s'] / fp32['step_s']:.2f}x" if f32 else "",
+                f"{f32['prefill_s'] / fp32['prefill_s']:.1f}x" if f32 else "",
             ]
         body.append(cells)
     out.append(_table(header, body))

@@ -14,6 +14,7 @@ import psutil
 import torch
 from tqdm import tqdm
 
+from yoco.allocator import release_freed_memory
 from yoco.bench.environment import environment
 from yoco.bench.flops import Shape, cache_bytes, decode_bytes, prefill_flops
 from yoco.bench.systems import SYSTEMS, Runner, build_model
@@ -62,12 +63,16 @@ def read_bandwidth(nbytes: int = 512 * 2**20, repeats: int = 5) -> float:
 
 
 class PeakRSS:
-    """Samples this process's resident memory in a thread; ``growth`` is peak minus start."""
+    """Samples this process's resident memory in a thread; ``growth`` is peak minus start.
+
+    Free memory malloc kept from earlier work (:mod:`yoco.allocator`) is handed back first, so
+    the peak and the growth are those of the measured work, not of whatever ran before it."""
 
     def __init__(self, interval: float = 0.002):
         self.process, self.interval = psutil.Process(), interval
 
     def __enter__(self):
+        release_freed_memory()
         self.start = self.peak = self.process.memory_info().rss
         self.running = True
         self.thread = threading.Thread(target=self._sample, daemon=True)
