@@ -17,7 +17,8 @@ scaling of k (YOCO uses 1/√d_k) is the caller's business.
 Every form keeps the decays and the state in float32 and returns the state in float32
 whatever the input dtype (recurrent state kept in half precision drifts and overflows); ``o``
 comes back in q's dtype. The parallel and recurrent forms compute everything in float32; the
-chunkwise form runs its matrix products in the input dtype.
+chunkwise form runs its matrix products, and the decay factors that scale their operands, in the
+input dtype.
 Decay factors are only ever formed as ``exp(G_i - G_j)`` with ``G_i <= G_j``, so nothing
 exponentiates to more than 1.
 """
@@ -66,8 +67,8 @@ def gated_retention_chunkwise(q, k, v, log_decay, initial_state=None, chunk_size
     """Parallel within chunks, a short scan over chunk states across them.
 
     The matrix products run in q's dtype (bfloat16 products are ~10x faster than float32 ones
-    for these small shapes on CPUs with AMX); decays, their cumulative sums and the carried
-    state stay in float32, so rounding does not accumulate along the sequence.
+    for these small shapes on CPUs with AMX); cumulative decays and the carried state stay in
+    float32, so rounding does not accumulate along the sequence.
     """
     dtype = q.dtype
     g = log_decay.float()
