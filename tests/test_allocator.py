@@ -2,7 +2,11 @@
 
 import ctypes
 import ctypes.util
+import os
 import platform
+import subprocess
+import sys
+from pathlib import Path
 
 import psutil
 import pytest
@@ -10,6 +14,7 @@ import torch
 
 from yoco.allocator import M_MMAP_MAX, keep_freed_memory, release_freed_memory
 
+ROOT = Path(__file__).resolve().parents[1]
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 DEFAULT_MMAP_MAX = 65536  # glibc's default
 
@@ -37,23 +42,39 @@ def mmapped_blocks(libc) -> int:
     return libc.mallinfo2().hblks
 
 
+# Run in a fresh interpreter: in this one, earlier tests (the yoco command applies the setting)
+# leave free heap memory that could serve the control's block without a new mapping.
+FRESH_PROCESS = """
+import ctypes, ctypes.util, torch
+from yoco.allocator import keep_freed_memory
+from tests.test_allocator import mmapped_blocks
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+before = mmapped_blocks(libc)
+x = torch.empty(64 << 20, dtype=torch.uint8)
+print(mmapped_blocks(libc) - before)
+del x
+print(keep_freed_memory())
+before = mmapped_blocks(libc)
+x = torch.empty(64 << 20, dtype=torch.uint8)
+print(mmapped_blocks(libc) - before)
+"""
+
+
 @pytest.mark.skipif(not GLIBC, reason="glibc malloc only")
-def test_a_large_tensor_is_mapped_by_default_and_comes_from_the_heap_once_applied(monkeypatch):
-    monkeypatch.delenv("YOCO_SYSTEM_MALLOC", raising=False)
-    libc = ctypes.CDLL(ctypes.util.find_library("c"))
-    try:
-        libc.mallopt(M_MMAP_MAX, DEFAULT_MMAP_MAX)
-        before = mmapped_blocks(libc)
-        x = torch.empty(64 << 20, dtype=torch.uint8)
-        assert mmapped_blocks(libc) == before + 1  # the control: glibc maps a 64 MiB block
-        del x
-        assert keep_freed_memory()
-        before = mmapped_blocks(libc)
-        x = torch.empty(64 << 20, dtype=torch.uint8)
-        assert mmapped_blocks(libc) == before
-        del x
-    finally:
-        libc.mallopt(M_MMAP_MAX, DEFAULT_MMAP_MAX)
+def test_a_large_tensor_is_mapped_by_default_and_comes_from_the_heap_once_applied():
+    environment = {k: v for k, v in os.environ.items() if k != "YOCO_SYSTEM_MALLOC"}
+    run = subprocess.run(
+        [sys.executable, "-c", FRESH_PROCESS],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=environment,
+        cwd=ROOT,
+    )
+    mapped_by_default, applied, mapped_once_applied = run.stdout.split()
+    assert mapped_by_default == "1"  # the control: glibc maps a 64 MiB block of its own
+    assert applied == "True"
+    assert mapped_once_applied == "0"
 
 
 def test_opting_out_leaves_malloc_alone(monkeypatch):
