@@ -75,6 +75,8 @@ def test_every_recall_model_builds_and_a_transformer_learns_a_little():
         "transformer", 32, 2, 32, vocab_size=32, steps=150, batch_size=32, lr=3e-3, progress=False
     )
     assert result["accuracy"] > 0.25  # chance is 1/16 among the values
+    curve = result["loss_curve"]  # the mean loss of each 100 steps: two points for 150 steps
+    assert len(curve) == 2 and curve[1] < curve[0]
 
 
 def test_query_logits_are_the_full_models_logits_at_the_queries():
