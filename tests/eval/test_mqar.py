@@ -100,6 +100,8 @@ def test_mqar_command_keeps_finished_rows_and_writes_the_table(tmp_path):
     main([*options, "--evaluation-md", str(doc)])
     first = (tmp_path / "run" / "mqar.jsonl").read_text()
     assert "| transformer | 16 | 0 |" in doc.read_text() and "yoco eval mqar --grid 32:2" in doc.read_text()
+    assert (tmp_path / "run" / "mqar-curves.png").stat().st_size > 0
+    assert (tmp_path / "eval" / "mqar-curves.png").exists() and "eval/mqar-curves.png" in doc.read_text()
     main(options)  # the same grid again: the finished row is reused, not retrained
     assert (tmp_path / "run" / "mqar.jsonl").read_text() == first
     # A grid entry may name its vocabulary: a different vocabulary is a new row, in its own column.

@@ -51,7 +51,7 @@ def mqar_table(rows: list[dict]) -> str:
 def run_mqar(args, argv: list[str] | None) -> None:
     """Train every (setting, width, model) probe; finished rows are kept in OUT/mqar.jsonl and
     reused when the same command is run again, so an interrupted grid resumes."""
-    from yoco.eval.mqar import train_recall
+    from yoco.eval.mqar import plot_loss_curves, train_recall
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -85,6 +85,8 @@ def run_mqar(args, argv: list[str] | None) -> None:
     table = mqar_table(rows)
     (out / "mqar.md").write_text(table + "\n")
     print(table)
+    if plot_loss_curves(rows, out / "mqar-curves.png"):
+        print(f"loss curves: {out / 'mqar-curves.png'}")
     if args.evaluation_md:
         from yoco.bench.environment import describe, environment
         from yoco.bench.report import update_section
@@ -100,6 +102,10 @@ def run_mqar(args, argv: list[str] | None) -> None:
             f"{'zeros' if args.zero_gaps else 'random tokens'} between queries; cells: accuracy "
             f"(final training loss))\n\n{table}"
         )
+        docs_plot = Path(args.evaluation_md).parent / "eval" / "mqar-curves.png"
+        docs_plot.parent.mkdir(parents=True, exist_ok=True)
+        if plot_loss_curves(rows, docs_plot):
+            body += "\n\n![MQAR training loss against steps, per model and seed](eval/mqar-curves.png)"
         update_section(Path(args.evaluation_md), "mqar", body, Path(args.evaluation_md).parent)
 
 

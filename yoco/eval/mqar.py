@@ -184,3 +184,46 @@ def train_recall(
 
 def _pieces(values: list, size: int) -> list[list]:
     return [values[i : i + size] for i in range(0, len(values), size)]
+
+
+def plot_loss_curves(rows: list[dict], path) -> bool:
+    """One panel per (length, pairs, vocabulary), the training loss of every run in it against
+    steps, a colour per model and a line style per seed; False when no row has a curve (rows
+    written before curves were kept)."""
+    rows = [r for r in rows if r.get("loss_curve")]
+    if not rows:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    settings = sorted({(r["seq_len"], r["num_pairs"], r["vocab_size"]) for r in rows})
+    models = sorted({r["model"] for r in rows})
+    seeds = sorted({r.get("seed", 0) for r in rows})
+    colours = plt.get_cmap("tab10")
+    styles = ["-", "--", ":", "-."]
+    fig, axes = plt.subplots(1, len(settings), figsize=(5.5 * len(settings), 4), squeeze=False)
+    for ax, (seq_len, pairs, vocab) in zip(axes[0], settings, strict=True):
+        for r in rows:
+            if (r["seq_len"], r["num_pairs"], r["vocab_size"]) != (seq_len, pairs, vocab):
+                continue
+            curve = r["loss_curve"]
+            steps = [min((i + 1) * CURVE_EVERY, r["steps"]) for i in range(len(curve))]
+            seed = r.get("seed", 0)
+            ax.plot(
+                steps,
+                curve,
+                color=colours(models.index(r["model"]) % 10),
+                linestyle=styles[seeds.index(seed) % len(styles)],
+                label=f"{r['model']} seed {seed}: {r['accuracy']:.0%}",
+            )
+        ax.set_yscale("log")
+        ax.set_xlabel("training step")
+        ax.set_ylabel(f"training loss (mean of {CURVE_EVERY} steps)")
+        ax.set_title(f"MQAR ({seq_len}, {pairs}), vocabulary {vocab}")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
