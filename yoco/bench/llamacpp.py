@@ -107,7 +107,10 @@ def write_gguf(model, path: str | Path, dtype: str) -> Path:
     return path
 
 
-def load(path: str | Path, context: int, threads: int, batch: int = 512):
+WARM_UP = 512  # tokens: one batch of ``load``'s
+
+
+def load(path: str | Path, context: int, threads: int, batch: int = WARM_UP):
     """A llama.cpp model with room for ``context`` tokens, flash attention on, logits of every
     evaluated position off (a prompt's last one is all a generation needs)."""
     import llama_cpp
@@ -152,13 +155,16 @@ def measure(path: str | Path, lengths: list[int], steps: int, threads: int, voca
     """One growing prompt through llama.cpp: prefill to each length in turn (a prefill to N is
     the same work whether or not it stopped at shorter lengths on the way, so each length's
     prefill time is the sum up to it), and at each length ``steps`` greedy decode steps after one
-    warm-up step; the decoded tokens stay in the context, as a generation's would. Stops before
+    warm-up step; the decoded tokens stay in the context, as a generation's would. One untimed
+    batch of the prompt goes first (YOCO's models get one untimed chunk). Stops before
     a length whose prefill, growing at most with the square of the prompt, would pass
     ``budget_s`` seconds."""
     ids = torch.randint(
         len(_SPECIAL), vocab_size, (max(lengths),), generator=torch.Generator().manual_seed(1)
     )
     llm = load(path, context=max(lengths) + (steps + 1) * len(lengths) + 16, threads=threads)
+    llm.eval(ids[:WARM_UP].tolist())  # one untimed batch first, as llama-bench does
+    llm.reset()  # the timed prompt starts again at position 0
     rows, fed, prefill_s = [], 0, 0.0
     for n in sorted(lengths):
         if rows and prefill_s * (n / fed) ** 2 > budget_s:
