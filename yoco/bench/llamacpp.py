@@ -107,10 +107,10 @@ def write_gguf(model, path: str | Path, dtype: str) -> Path:
     return path
 
 
-WARM_UP = 512  # tokens: one batch of ``load``'s
+BATCH = 512  # tokens llama.cpp evaluates at a time (its n_batch and n_ubatch)
 
 
-def load(path: str | Path, context: int, threads: int, batch: int = WARM_UP):
+def load(path: str | Path, context: int, threads: int, batch: int = BATCH):
     """A llama.cpp model with room for ``context`` tokens, flash attention on, logits of every
     evaluated position off (a prompt's last one is all a generation needs)."""
     import llama_cpp
@@ -163,7 +163,7 @@ def measure(path: str | Path, lengths: list[int], steps: int, threads: int, voca
         len(_SPECIAL), vocab_size, (max(lengths),), generator=torch.Generator().manual_seed(1)
     )
     llm = load(path, context=max(lengths) + (steps + 1) * len(lengths) + 16, threads=threads)
-    llm.eval(ids[:WARM_UP].tolist())  # one untimed batch first, as llama-bench does
+    llm.eval(ids[:BATCH].tolist())  # one untimed batch first, as llama-bench does
     llm.reset()  # the timed prompt starts again at position 0
     rows, fed, prefill_s = [], 0, 0.0
     for n in sorted(lengths):
