@@ -3,7 +3,6 @@
 import ctypes
 import ctypes.util
 import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -12,14 +11,17 @@ import psutil
 import pytest
 import torch
 
-from yoco.allocator import M_MMAP_MAX, keep_freed_memory, release_freed_memory
+from yoco import allocator
+from yoco.allocator import GLIBC, M_MMAP_MAX, keep_freed_memory, release_freed_memory
 
 ROOT = Path(__file__).resolve().parents[1]
-GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
-# mallopt, mallinfo2 and malloc_trim are glibc's own: on macOS, Windows or musl the setting does
-# not apply (keep_freed_memory returns False) and there is no mapping count to observe.
+# What these tests observe (mmapped block counts from mallinfo2, memory kept after free) exists
+# only in glibc's malloc. Elsewhere keep_freed_memory applies nothing and says so, which
+# test_off_glibc_nothing_is_applied checks on every platform.
 ONLY_GLIBC = pytest.mark.skipif(
-    not GLIBC, reason="needs glibc malloc (mallopt/mallinfo2); elsewhere the setting is a no-op"
+    not GLIBC,
+    reason="observes glibc malloc's own counters (mallinfo2); off glibc the setting is not applied, "
+    "as test_off_glibc_nothing_is_applied checks",
 )
 DEFAULT_MMAP_MAX = 65536  # glibc's default
 
@@ -85,6 +87,14 @@ def test_a_large_tensor_is_mapped_by_default_and_comes_from_the_heap_once_applie
 def test_opting_out_leaves_malloc_alone(monkeypatch):
     monkeypatch.setenv("YOCO_SYSTEM_MALLOC", "1")
     assert keep_freed_memory() is False
+
+
+def test_off_glibc_nothing_is_applied(monkeypatch):
+    monkeypatch.delenv("YOCO_SYSTEM_MALLOC", raising=False)
+    monkeypatch.setattr(allocator, "GLIBC", False)
+    assert allocator._glibc() is None  # no libc to call mallopt or malloc_trim on
+    assert keep_freed_memory() is False
+    release_freed_memory()  # a no-op, not an error
 
 
 @ONLY_GLIBC

@@ -27,12 +27,12 @@ import platform
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
 KEEP_BYTES = 1 << 30
+# mallopt and malloc_trim are glibc's own: on macOS, Windows or musl nothing here applies.
+GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
 
 def _glibc():
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return None
-    return ctypes.CDLL(ctypes.util.find_library("c"))
+    return ctypes.CDLL(ctypes.util.find_library("c")) if GLIBC else None
 
 
 def keep_freed_memory(keep_bytes: int = KEEP_BYTES) -> bool:
