@@ -182,13 +182,18 @@ def test_only_whole_aligned_buffer_rows_are_read_past_the_length():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_int8_path_over_several_key_chunks_rescales_to_the_final_maximum(dtype, monkeypatch):
-    """Chunks are weighed against the largest score seen so far; a later, larger score must scale
-    the earlier chunks down. Keys chunked by 16, the largest score placed in the last chunk of a
-    full row; the shorter row's last chunks are fully hidden."""
+@pytest.mark.parametrize("jump", [True, False])
+def test_int8_path_over_several_key_chunks_rescales_to_the_final_maximum(dtype, jump, monkeypatch):
+    """Chunks are weighed against a reference within SCORE_MARGIN of the largest score seen so
+    far; a later score beyond that (``jump``: one planted key, about 70 above the rest) must scale
+    the earlier chunks down. Keys chunked by 16 (whole chunks through the compiled kernel), the
+    planted key in the last chunk of a full row; the shorter row's last chunks are fully hidden."""
     monkeypatch.setattr(decode_attention_module, "KEY_CHUNK", BLOCK)
     q, k, v = qkv(3 * BLOCK + 5, kv_heads=2, d=16)
-    k[:, :, -2] = 4 * q[:, ::2, 0]  # aligned with the first query head of each K/V head
+    if jump:
+        k[:, :, -2] = 4 * q[:, ::2, 0]  # aligned with the first query head of each K/V head
+        scores = (q[:, ::2, 0] * k[:, :, -2]).sum(-1) / 4
+        assert (scores > decode_attention_module.SCORE_MARGIN + 20).all()
     lengths = [3 * BLOCK + 5, BLOCK + 3]
     mask = (torch.arange(k.shape[2])[None] < torch.tensor(lengths)[:, None])[:, None, None, :]
     qk, qv = int8(k.to(dtype), dtype), int8_in_a_cache_buffer(v, 64, dtype)
