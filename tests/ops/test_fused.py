@@ -36,7 +36,9 @@ def test_compiled_chunk_weights_equal_the_eager_function(out_dtype, masked):
     assert _weigh_chunk.compiled, "a C++ compiler is on this machine: the kernel should compile"
     torch.testing.assert_close(got[0], expected[0], atol=0, rtol=0)
     torch.testing.assert_close(got[1], expected[1], atol=0, rtol=1e-5)
-    torch.testing.assert_close(compiled_buffer, eager_buffer, atol=0, rtol=1e-6 if out_dtype == torch.float32 else 0.008)
+    torch.testing.assert_close(
+        compiled_buffer, eager_buffer, atol=0, rtol=1e-6 if out_dtype == torch.float32 else 0.008
+    )
     assert (eager_buffer[..., :8] == 7).all() and (eager_buffer[..., 72:] == 7).all()
     assert got[1].isfinite().all()
 

@@ -49,6 +49,8 @@ class Fused:
             return result
         except (torch._inductor.exc.InductorError, torch._dynamo.exc.BackendCompilerFailed) as error:
             # Raised while compiling, before the function ran: nothing was written yet.
-            warnings.warn(f"torch.compile failed, running {self.eager.__name__} eagerly: {error}", stacklevel=2)
+            warnings.warn(
+                f"torch.compile failed, running {self.eager.__name__} eagerly: {error}", stacklevel=2
+            )
             self._compiled = None
             return self.eager(*args)
