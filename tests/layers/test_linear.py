@@ -1,6 +1,8 @@
 """yoco.layers.Linear: the packed bfloat16 path for few rows equals F.linear bit for bit, follows
-weight updates, and steps aside whenever a gradient is needed."""
+weight updates, and steps aside whenever a gradient is needed; the float32 path for many rows is
+within one bfloat16 rounding of the exact product, and is taken only where chosen."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -13,6 +15,7 @@ PACKED = linear_module._AVAILABLE
 
 
 def test_few_bfloat16_rows_take_the_packed_path_and_equal_f_linear(monkeypatch):
+    monkeypatch.setattr(linear_module, "float32_products_are_faster", lambda: False)
     layer = Linear(64, 96, bias=True).to(torch.bfloat16)
     calls = []
     packed = linear_module._PACKED_LINEAR
@@ -43,3 +46,46 @@ def test_without_onednn_every_product_is_f_linear(monkeypatch):
     x = torch.randn(1, 32).to(torch.bfloat16)
     with torch.no_grad():
         assert torch.equal(layer(x), F.linear(x, layer.weight, layer.bias))
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_many_bfloat16_rows_in_float32_round_the_exact_product_once(bias, monkeypatch):
+    """Where float32 products are chosen, more than PACKED_ROWS rows are multiplied in float32:
+    within one bfloat16 step of the exact product (computed in float64), as F.linear is."""
+    monkeypatch.setattr(linear_module, "float32_products_are_faster", lambda: True)
+    calls = []
+    in_float32 = linear_module.bfloat16_linear_in_float32
+    monkeypatch.setattr(
+        linear_module, "bfloat16_linear_in_float32", lambda *a: calls.append(a[0].shape) or in_float32(*a)
+    )
+    gen = torch.Generator().manual_seed(0)
+    layer = Linear(256, 96, bias=bias).to(torch.bfloat16)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(96, 256, generator=gen))
+        x = torch.randn(3, PACKED_ROWS, 256, generator=gen).to(torch.bfloat16)
+        out = layer(x)
+        layer(x[:1, :1])  # few rows: the packed path (or F.linear), not this one
+    assert calls == [(3, PACKED_ROWS, 256)] and out.dtype == torch.bfloat16
+    exact = F.linear(x.double(), layer.weight.double(), None if layer.bias is None else layer.bias.double())
+    step = 2.0 ** (torch.floor(torch.log2(exact.abs())) - 7)  # one bfloat16 step at each value
+    assert ((out.double() - exact).abs() <= step).all()
+    reference = F.linear(x, layer.weight, layer.bias)
+    assert ((reference.double() - exact).abs() <= step).all()  # the same bound holds for F.linear
+    calls.clear()
+    layer(x).float().sum().backward()  # gradients wanted: F.linear, which autograd differentiates
+    assert calls == [] and layer.weight.grad is not None
+
+
+@pytest.mark.parametrize(("choice", "expected"), [("bfloat16", False), ("float32", True)])
+def test_the_product_dtype_can_be_chosen_instead_of_measured(choice, expected, monkeypatch):
+    monkeypatch.setenv("YOCO_BF16_PRODUCTS", choice)
+    linear_module.float32_products_are_faster.cache_clear()
+    try:
+        assert linear_module.float32_products_are_faster() is expected
+        monkeypatch.setenv("YOCO_BF16_PRODUCTS", "fp8")
+        linear_module.float32_products_are_faster.cache_clear()
+        with pytest.raises(ValueError, match="YOCO_BF16_PRODUCTS must be one of"):
+            linear_module.float32_products_are_faster()
+    finally:
+        monkeypatch.delenv("YOCO_BF16_PRODUCTS")
+        linear_module.float32_products_are_faster.cache_clear()

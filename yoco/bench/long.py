@@ -4,8 +4,9 @@ For YOCO-gRet and YOCO-SWA in bfloat16 (YOCO-gRet also with its cache in int8: t
 is the same in both kinds), one prefill of a random prompt per length (chunks of ``PREFILL_CHUNK``) and then ``DECODE_STEPS`` greedy steps
 at batch 1. Every speed is put beside the limit it is bounded by, measured in the same run:
 
-* prefill: FLOPs (:func:`yoco.bench.flops.prefill_flops`) per second as a share of the bfloat16
-  matrix-product rate (a 4096³ product);
+* prefill: FLOPs (:func:`yoco.bench.flops.prefill_flops`) per second as a share of the faster
+  of the bfloat16 and float32 matrix-product rates (4096³ products): bfloat16 operands are exact
+  in float32, and :mod:`yoco.layers.linear` multiplies them in float32 where that is faster;
 * decode: the bytes one step must move (the weights once, YOCO's shared K/V once per
   cross-decoder layer, the self-decoder's state, as the cache reports them) per second as a
   share of the plain read bandwidth.
@@ -231,10 +232,13 @@ def extrapolate_llamacpp(rows: list[dict], lengths: list[int], gguf_type: str) -
     ]
 
 
-def measure_limits(quick: bool) -> tuple[float, float]:
-    """(bfloat16 matrix-product FLOP/s, read bytes/s) on this machine now."""
-    peak = matmul_peak(torch.bfloat16, size=512 if quick else 4096)
-    return peak, read_bandwidth(32 * 2**20 if quick else 512 * 2**20)
+def measure_limits(quick: bool) -> tuple[float, float, float]:
+    """(bfloat16 and float32 matrix-product FLOP/s, read bytes/s) on this machine now. The
+    prefill's limit is the faster of the two products: bfloat16 operands are exact in float32,
+    and the library multiplies them in float32 where that is faster (:mod:`yoco.layers.linear`)."""
+    size = 512 if quick else 4096
+    bf16, fp32 = matmul_peak(torch.bfloat16, size=size), matmul_peak(torch.float32, size=size)
+    return bf16, fp32, read_bandwidth(32 * 2**20 if quick else 512 * 2**20)
 
 
 def run_long(args) -> dict:
@@ -242,7 +246,7 @@ def run_long(args) -> dict:
     lengths = args.lengths or (QUICK_LENGTHS if args.quick else LENGTHS)
     chunk = 128 if args.quick else PREFILL_CHUNK
     budget_s = args.transformer_budget_s
-    peak, bandwidth = measure_limits(args.quick)
+    limits = measure_limits(args.quick)
     rows = []
     versus = len(QUICK_VERSUS_LLAMACPP if args.quick else VERSUS_LLAMACPP)
     steps = (len(RUNS) + 1) * len(lengths) + 2 * versus + (2 if llamacpp.available() is None else 0)
@@ -273,7 +277,10 @@ def run_long(args) -> dict:
         bar.update()
     rows += measured + extrapolate(measured, lengths, shape)
     # Measured again at the end: something else on the machine can only make a limit read low.
-    peak, bandwidth = (max(pair) for pair in zip((peak, bandwidth), measure_limits(args.quick), strict=True))
+    bf16_peak, fp32_peak, bandwidth = (
+        max(pair) for pair in zip(limits, measure_limits(args.quick), strict=True)
+    )
+    peak = max(bf16_peak, fp32_peak)
     for row in rows:
         row["flops_share"] = row["flops"] / row["prefill_s"] / peak
         row["read_share"] = row["step_bytes"] / row["step_s"] / bandwidth
@@ -290,7 +297,9 @@ def run_long(args) -> dict:
             decode_steps=DECODE_STEPS,
             transformer_budget_s=budget_s,
         ),
-        bf16_matmul_flops=peak,
+        bf16_matmul_flops=bf16_peak,
+        float32_matmul_flops=fp32_peak,
+        matmul_limit_flops=peak,
         read_bytes_per_s=bandwidth,
         rows=rows,
         versus_llamacpp=versus,
@@ -299,12 +308,17 @@ def run_long(args) -> dict:
 
 def markdown(results, image: str | None = None) -> str:
     meta = results["meta"]
-    peak, bandwidth = results["bf16_matmul_flops"], results["read_bytes_per_s"]
+    bandwidth = results["read_bytes_per_s"]
+    products = (
+        f"matrix products {results['bf16_matmul_flops'] / 1e9:.0f} GFLOP/s in bfloat16, "
+        f"{results['float32_matmul_flops'] / 1e9:.0f} in float32 (prefill shares are of the faster: "
+        "bfloat16 operands are multiplied in float32 where that is faster)"
+    )
     out = [
         f"Command: `{meta['command']}`  ",
         describe(meta["environment"]),
         f"Shape: {meta['shape']}, bfloat16 weights.  ",
-        f"Limits measured in this run (at its start and before llama.cpp, the higher of the two): bfloat16 matrix product {peak / 1e9:.0f} GFLOP/s, plain read "
+        f"Limits measured in this run (at its start and before llama.cpp, the higher of the two): {products}, plain read "
         f"{bandwidth / GiB:.1f} GiB/s. YOCO prefills in chunks of {meta['prefill_chunk']} tokens, the "
         "Transformer in one piece, each model after one untimed prefill of one chunk (llama.cpp: one batch); decode "
         f"{meta['decode_steps']} greedy steps at batch 1 after one warm-up step. Transformer rows in "
