@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import yoco.ops.fused as fused_module
-from yoco.ops.decode_attention import _weigh_chunk
+from yoco.ops.decode_attention import weigh_int8_chunk
 from yoco.ops.fused import Fused
 
 
@@ -31,9 +31,9 @@ def test_compiled_chunk_weights_equal_the_eager_function(out_dtype, masked):
     same slice of the output buffer, nothing outside it touched."""
     eager_args, eager_buffer = chunk_inputs(out_dtype, masked)
     compiled_args, compiled_buffer = chunk_inputs(out_dtype, masked)
-    expected = _weigh_chunk.eager(*eager_args)
-    got = _weigh_chunk(*compiled_args)
-    assert _weigh_chunk.compiled, "a C++ compiler is on this machine: the kernel should compile"
+    expected = weigh_int8_chunk.eager(*eager_args)
+    got = weigh_int8_chunk(*compiled_args)
+    assert weigh_int8_chunk.compiled, "a C++ compiler is on this machine: the kernel should compile"
     torch.testing.assert_close(got[0], expected[0], atol=0, rtol=0)
     torch.testing.assert_close(got[1], expected[1], atol=0, rtol=1e-5)
     torch.testing.assert_close(

@@ -36,6 +36,7 @@ from yoco.bench.flops import parameter_count, prefill_flops
 from yoco.bench.profile import DEFAULT_SHAPE, QUICK_SHAPE, PeakRSS, matmul_peak, read_bandwidth
 from yoco.bench.report import LABELS, _k, _table
 from yoco.bench.systems import build_model
+from yoco.ops.decode_attention import weigh_int8_chunk
 
 LENGTHS = [2**15 * 2**i for i in range(6)]  # 32K .. 1M
 QUICK_LENGTHS = [256, 512]
@@ -295,6 +296,9 @@ def run_long(args) -> dict:
             lengths=lengths,
             prefill_chunk=chunk,
             decode_steps=DECODE_STEPS,
+            # The int8 path's fused softmax kernel, compiled in the first warm-up step that had a
+            # whole key chunk (None: never needed, or compiling is off).
+            int8_kernel_compile_s=weigh_int8_chunk.compile_seconds,
             transformer_budget_s=budget_s,
         ),
         bf16_matmul_flops=bf16_peak,
@@ -321,7 +325,13 @@ def markdown(results, image: str | None = None) -> str:
         f"Limits measured in this run (at its start and before llama.cpp, the higher of the two): {products}, plain read "
         f"{bandwidth / GiB:.1f} GiB/s. YOCO prefills in chunks of {meta['prefill_chunk']} tokens, the "
         "Transformer in one piece, each model after one untimed prefill of one chunk (llama.cpp: one batch); decode "
-        f"{meta['decode_steps']} greedy steps at batch 1 after one warm-up step. Transformer rows in "
+        f"{meta['decode_steps']} greedy steps at batch 1 after one warm-up step"
+        + (
+            ""
+            if meta["int8_kernel_compile_s"] is None
+            else f" (the int8 cache's fused softmax kernel compiled in its first one, {meta['int8_kernel_compile_s']:.1f} s)"
+        )
+        + ". Transformer rows in "
         f"italics are extrapolated from its measured ones (its run stops within {meta['transformer_budget_s']:.0f} s "
         "of prefill).",
         "",

@@ -145,7 +145,7 @@ def _whole_memory_rows(values: torch.Tensor) -> torch.Tensor | None:
 
 
 @Fused
-def _weigh_chunk(products, key_scales, coefficients, value_scales, running, key_mask, out):
+def weigh_int8_chunk(products, key_scales, coefficients, value_scales, running, key_mask, out):
     """One chunk of the int8 path's softmax: scores from the int32 products and both scales,
     the running reference (a maximum, see below) updated with them, exp(score - reference) ·
     value scale written to ``out``. Returns (the reference, Σ exp(score - reference)). Eagerly these are nine passes over
@@ -226,7 +226,7 @@ def int8_decode_attention(
                 keys = k.values[row, head, start:end].contiguous()  # a view unless sliced oddly
                 torch._int_mm(q_values[row, head], keys.transpose(0, 1), out=products[row, head])
         # Whole chunks (the same shape every step) through the fused kernel, the tail eagerly.
-        weigh = _weigh_chunk if end - start == KEY_CHUNK else _weigh_chunk.eager
+        weigh = weigh_int8_chunk if end - start == KEY_CHUNK else weigh_int8_chunk.eager
         running, chunk_sum = weigh(
             products,
             key_scales[..., start:end],
