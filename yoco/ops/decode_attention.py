@@ -148,8 +148,12 @@ def _whole_memory_rows(values: torch.Tensor) -> torch.Tensor | None:
 def weigh_int8_chunk(products, key_scales, coefficients, value_scales, running, key_mask, out):
     """One chunk of the int8 path's softmax: scores from the int32 products and both scales,
     the running reference (a maximum, see below) updated with them, exp(score - reference) ·
-    value scale written to ``out``. Returns (the reference, Σ exp(score - reference)). Eagerly these are nine passes over
-    the chunk's scores; fused, about a third of the time."""
+    value scale written to ``out``. Returns (the reference, Σ exp(score - reference)).
+
+    Eagerly this is about nine passes over the chunk's scores; compiled (:class:`Fused`), a few
+    loops that read the products and scales once each. Whole chunks of ``KEY_CHUNK`` keys have
+    one shape at every step and take the compiled kernel; a context's shorter last chunk runs
+    eagerly (its length changes every step, and compiling per length would never end)."""
     # (a conversion, then float32 products: twice as fast eagerly as one mixed-dtype product)
     scores = products.float().mul_(key_scales).mul_(coefficients)
     if key_mask is not None:
@@ -225,7 +229,6 @@ def int8_decode_attention(
             for head in range(h_kv):
                 keys = k.values[row, head, start:end].contiguous()  # a view unless sliced oddly
                 torch._int_mm(q_values[row, head], keys.transpose(0, 1), out=products[row, head])
-        # Whole chunks (the same shape every step) through the fused kernel, the tail eagerly.
         weigh = weigh_int8_chunk if end - start == KEY_CHUNK else weigh_int8_chunk.eager
         running, chunk_sum = weigh(
             products,
