@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import yoco.layers.linear as linear_module
-from yoco.layers.linear import PACKED_ROWS, Linear
+from yoco.layers.linear import FLOAT32_ROWS, PACKED_ROWS, Linear
 
 # The locked CPU torch has oneDNN; a build without it takes F.linear everywhere, and the
 # results must be the same either way.
@@ -50,8 +50,9 @@ def test_without_onednn_every_product_is_f_linear(monkeypatch):
 
 @pytest.mark.parametrize("bias", [False, True])
 def test_many_bfloat16_rows_in_float32_round_the_exact_product_once(bias, monkeypatch):
-    """Where float32 products are chosen, more than PACKED_ROWS rows are multiplied in float32:
-    within one bfloat16 step of the exact product (computed in float64), as F.linear is."""
+    """Where float32 products are chosen, FLOAT32_ROWS rows or more are multiplied in float32:
+    within one bfloat16 step of the exact product (computed in float64), as F.linear is; fewer
+    rows keep the bfloat16 kernels."""
     monkeypatch.setattr(linear_module, "float32_products_are_faster", lambda: True)
     calls = []
     in_float32 = linear_module.bfloat16_linear_in_float32
@@ -62,10 +63,11 @@ def test_many_bfloat16_rows_in_float32_round_the_exact_product_once(bias, monkey
     layer = Linear(256, 96, bias=bias).to(torch.bfloat16)
     with torch.no_grad():
         layer.weight.copy_(torch.randn(96, 256, generator=gen))
-        x = torch.randn(3, PACKED_ROWS, 256, generator=gen).to(torch.bfloat16)
+        x = torch.randn(3, FLOAT32_ROWS // 2, 256, generator=gen).to(torch.bfloat16)
         out = layer(x)
-        layer(x[:1, :1])  # few rows: the packed path (or F.linear), not this one
-    assert calls == [(3, PACKED_ROWS, 256)] and out.dtype == torch.bfloat16
+        layer(x[:1, :1])  # few rows: the packed path (or F.linear)
+        layer(x[:1, : PACKED_ROWS + 1])  # a batched decoding step's rows: F.linear
+    assert calls == [(3, FLOAT32_ROWS // 2, 256)] and out.dtype == torch.bfloat16
     exact = F.linear(x.double(), layer.weight.double(), None if layer.bias is None else layer.bias.double())
     step = 2.0 ** (torch.floor(torch.log2(exact.abs())) - 7)  # one bfloat16 step at each value
     assert ((out.double() - exact).abs() <= step).all()
