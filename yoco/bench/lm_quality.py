@@ -156,7 +156,7 @@ def report(results: dict, args, argv, environment: dict) -> str:
             describe(environment),
             f"Shape: hidden {args.hidden_size}, {args.layers} layers, {args.heads} heads, byte vocabulary, "
             f"sequence {args.seq_len}, batch {args.batch_size}, {args.steps} steps, lr {args.lr}, SWA window "
-            f"{args.window}; bfloat16 autocast where native. Validation loss in nats per byte.",
+            f"{args.window}; bfloat16 autocast where native and faster. Validation loss in nats per byte.",
             "",
             "| model | non-embedding params | FFN width | training tokens | val loss | vs Transformer "
             "| train loss (last 20 steps) | tokens/s | minutes |",

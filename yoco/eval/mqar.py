@@ -11,6 +11,7 @@ the model should predict *at* position i (-100 where nothing is asked).
 """
 
 import functools
+from collections import Counter
 
 import torch
 
@@ -133,7 +134,7 @@ def train_recall(
 
     from tqdm import tqdm
 
-    from yoco.train.loop import native_bf16
+    from yoco.train.loop import autocast_bf16
 
     batch = functools.partial(
         mqar_batch,
@@ -144,8 +145,8 @@ def train_recall(
     )
     torch.manual_seed(seed)
     model = build_recall_model(kind, vocab_size, hidden, window=window, tie_embeddings=tie_embeddings)
-    # bf16 autocast where the CPU multiplies bf16 natively (weights and optimizer stay fp32).
-    autocast = torch.autocast("cpu", torch.bfloat16, enabled=native_bf16(torch.device("cpu")))
+    # bf16 autocast where the CPU multiplies bf16 natively and faster (weights and optimizer stay fp32).
+    autocast = torch.autocast("cpu", torch.bfloat16, enabled=autocast_bf16(torch.device("cpu")))
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
     train_gen = torch.Generator().manual_seed(seed)
@@ -188,11 +189,13 @@ def _pieces(values: list, size: int) -> list[list]:
 
 def plot_loss_curves(rows: list[dict], path) -> bool:
     """One panel per (length, pairs, vocabulary), the training loss of every run in it against
-    steps, a colour per model and a line style per seed; False when no row has a curve (rows
+    steps, a colour per model and a line style per seed (dash-dot, and the learning rate in the
+    label, for runs at another learning rate than most); False when no row has a curve (rows
     written before curves were kept)."""
     rows = [r for r in rows if r.get("loss_curve")]
     if not rows:
         return False
+    usual_lr = Counter(r["lr"] for r in rows).most_common(1)[0][0]
     import matplotlib
 
     matplotlib.use("Agg")
@@ -210,13 +213,14 @@ def plot_loss_curves(rows: list[dict], path) -> bool:
                 continue
             curve = r["loss_curve"]
             steps = [min((i + 1) * CURVE_EVERY, r["steps"]) for i in range(len(curve))]
-            seed = r.get("seed", 0)
+            seed, usual = r.get("seed", 0), r["lr"] == usual_lr
+            lr_note = "" if usual else f", lr {r['lr']:g}"
             ax.plot(
                 steps,
                 curve,
                 color=colours(models.index(r["model"]) % 10),
-                linestyle=styles[seeds.index(seed) % len(styles)],
-                label=f"{r['model']} seed {seed}: {r['accuracy']:.0%}",
+                linestyle=styles[seeds.index(seed) % len(styles)] if usual else "-.",
+                label=f"{r['model']} seed {seed}{lr_note}: {r['accuracy']:.1%}",
             )
         ax.set_yscale("log")
         ax.set_xlabel("training step")

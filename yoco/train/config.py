@@ -55,7 +55,7 @@ class TrainConfig:
     max_steps: int = 200
     batch_size: int = 16  # sequences per optimizer step, over all processes
     grad_accum: int = 1
-    dtype: str = "auto"  # "auto": bfloat16 autocast where the hardware runs it natively
+    dtype: str = "auto"  # "auto": bfloat16 autocast where it is native and faster (train.loop.autocast_bf16)
     activation_checkpointing: bool = False
     distributed: str = "ddp"  # under torchrun: "ddp" or "fsdp"
     seed: int = 0
