@@ -23,17 +23,19 @@ def chunk_inputs(out_dtype, masked: bool, seed: int = 0):
     return [products, key_scales, coefficients, value_scales, running, key_mask, out[..., 8 : 8 + n]], out
 
 
-@pytest.mark.skipif(not fused_module.ENABLED, reason="YOCO_COMPILE=0: nothing is compiled")
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("masked", [False, True])
-def test_compiled_chunk_weights_equal_the_eager_function(out_dtype, masked):
+def test_compiled_chunk_weights_equal_the_eager_function(out_dtype, masked, monkeypatch):
     """Same reference, same sums (float32 reassociation) and the same weights written into the
-    same slice of the output buffer, nothing outside it touched."""
+    same slice of the output buffer, nothing outside it touched. Compiled here even where
+    YOCO_COMPILE=0 switched the library's own kernel off."""
+    monkeypatch.setattr(fused_module, "ENABLED", True)
+    kernel = Fused(weigh_int8_chunk.eager)
     eager_args, eager_buffer = chunk_inputs(out_dtype, masked)
     compiled_args, compiled_buffer = chunk_inputs(out_dtype, masked)
     expected = weigh_int8_chunk.eager(*eager_args)
-    got = weigh_int8_chunk(*compiled_args)
-    assert weigh_int8_chunk.compiled, "a C++ compiler is on this machine: the kernel should compile"
+    got = kernel(*compiled_args)
+    assert kernel.compiled, "a C++ compiler is on this machine: the kernel should compile"
     torch.testing.assert_close(got[0], expected[0], atol=0, rtol=0)
     torch.testing.assert_close(got[1], expected[1], atol=0, rtol=1e-5)
     torch.testing.assert_close(
