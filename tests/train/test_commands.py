@@ -2,6 +2,9 @@
 
 import json
 
+import pytest
+
+from yoco.bench.lm_quality import learning_rates
 from yoco.bench.lm_quality import main as lm_quality
 from yoco.cli import main
 from yoco.tokenizer import load_tokenizer
@@ -52,35 +55,37 @@ def test_plot_command_redraws_the_curve(tmp_path, capsys):
 
 def test_lm_quality_matches_parameters_and_reports(tmp_path):
     doc = tmp_path / "BENCHMARKS.md"
-    results = lm_quality(
-        [
-            "--hidden-size",
-            "32",
-            "--layers",
-            "4",
-            "--heads",
-            "4",
-            "--intermediate-size",
-            "64",
-            "--window",
-            "8",
-            "--seq-len",
-            "32",
-            "--batch-size",
-            "4",
-            "--steps",
-            "3",
-            "--out",
-            str(tmp_path / "q"),
-            "--benchmarks-md",
-            str(doc),
-            "--systems",
-            "transformer",
-            "yoco-swa",
-            "yoco-gret",
-            "yoco-gret+mhmoe",
-        ]
-    )
+    argv = [
+        "--hidden-size",
+        "32",
+        "--layers",
+        "4",
+        "--heads",
+        "4",
+        "--intermediate-size",
+        "64",
+        "--window",
+        "8",
+        "--seq-len",
+        "32",
+        "--batch-size",
+        "4",
+        "--steps",
+        "3",
+        "--out",
+        str(tmp_path / "q"),
+        "--benchmarks-md",
+        str(doc),
+        "--systems",
+        "transformer",
+        "yoco-swa",
+        "yoco-gret",
+        "yoco-gret+mhmoe",
+        "--lr",
+        "2e-3",
+        "yoco-gret=1e-3",
+    ]
+    results = lm_quality(argv)
     target = results["transformer"]["non_embedding_parameters"]
     for system in ("yoco-swa", "yoco-gret"):
         assert abs(results[system]["non_embedding_parameters"] - target) / target < 0.03
@@ -90,3 +95,23 @@ def test_lm_quality_matches_parameters_and_reports(tmp_path):
     assert abs(results["yoco-gret+mhmoe"]["intermediate_size"] - dense_width / 2) <= 4
     assert "YOCO-gRet + MH-MoE" in doc.read_text()
     assert "YOCO-gRet" in doc.read_text() and (tmp_path / "bench" / "lm_quality.png").exists()
+    assert results["yoco-gret"]["lr"] == 1e-3 and results["yoco-swa"]["lr"] == 2e-3
+    assert results["yoco-swa"]["tokens"] == 3 * 4 * 32
+
+    # Rerun: finished systems are kept, not trained again; a changed recipe trains anew.
+    log = tmp_path / "q" / "yoco-swa" / "metrics.jsonl"
+    before = log.stat().st_mtime_ns
+    again = lm_quality(argv)
+    assert log.stat().st_mtime_ns == before
+    assert again["yoco-swa"]["val_loss"] == results["yoco-swa"]["val_loss"]
+
+
+def test_lm_quality_learning_rates():
+    systems = ["transformer", "yoco-gret"]
+    assert learning_rates(["2e-3", "yoco-gret=1e-3"], systems) == {"transformer": 2e-3, "yoco-gret": 1e-3}
+    with pytest.raises(SystemExit, match="no learning rate for transformer"):
+        learning_rates(["yoco-gret=1e-3"], systems)
+    with pytest.raises(SystemExit, match="not among --systems"):
+        learning_rates(["2e-3", "yoco-swa=1e-3"], systems)
+    with pytest.raises(SystemExit, match="neither a number"):
+        learning_rates(["fast"], systems)

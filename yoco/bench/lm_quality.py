@@ -8,17 +8,22 @@ the embedded corpus (the data order depends only on the seed), then report valid
 Two part variants can join (``--systems``): Diff-YOCO-SWA (differential attention, matched
 the same way) and YOCO-gRet with MH-MoE (matched on activated FFN compute instead, since a
 mixture of experts holds more parameters than it uses per token).
+
+Each system may have its own learning rate (``--lr 2e-3 yoco-gret=1e-3``), chosen by a short
+sweep. The command can be rerun: a system whose run already finished with the same recipe is
+kept, one that was interrupted resumes from its last checkpoint, so a budget of several hours
+can be spent across sittings.
 """
 
 import argparse
 import json
 import statistics
-import time
 from pathlib import Path
 
 from yoco.bench.environment import describe, environment
 from yoco.bench.report import update_section
 from yoco.models.registry import resolve
+from yoco.train import checkpoint as ckpt
 from yoco.train.config import load_config
 from yoco.train.loop import build_model, train
 from yoco.train.plot import plot_run, read_metrics
@@ -30,6 +35,8 @@ LABELS = {
     "yoco-gret": "YOCO-gRet",
     "yoco-swa+diff": "Diff-YOCO-SWA",
     "yoco-gret+mhmoe": "YOCO-gRet + MH-MoE",
+    "yoco-swa+nope": "YOCO-SWA, position-free cross-decoder",
+    "yoco-gret+conv": "YOCO-gRet + short convolution",
 }
 
 
@@ -47,6 +54,44 @@ def matched_intermediate(fields: dict, target: int, vocab: int) -> int:
     return 8 * max(1, round((target - a) / per_8) + 1)
 
 
+def learning_rates(values: list[str], systems: list[str]) -> dict[str, float]:
+    """``--lr`` values: one number for every system, ``system=number`` for one of them."""
+    rates, default = {}, None
+    for value in values:
+        system, _, number = value.rpartition("=")
+        try:
+            rate = float(number)
+        except ValueError:
+            raise SystemExit(f"--lr: {value!r} is neither a number nor system=number") from None
+        if not system:
+            default = rate
+        elif system not in systems:
+            raise SystemExit(f"--lr: {system!r} is not among --systems ({', '.join(systems)})")
+        else:
+            rates[system] = rate
+    missing = [s for s in systems if s not in rates and default is None]
+    if missing:
+        raise SystemExit(f"--lr: no learning rate for {', '.join(missing)}")
+    return {s: rates.get(s, default) for s in systems}
+
+
+def summarize(out: Path, recipe: list[str]) -> dict:
+    """The figures of a finished run, from its metrics log, so a resumed run counts all its
+    steps; minutes are its tokens at the median logged rate (training steps only, without
+    evaluation, checkpoint writes or pauses)."""
+    records = read_metrics(out)
+    val = [r for r in records if "val_loss" in r]
+    tokens_per_s = statistics.median(r["tokens_per_s"] for r in records)
+    return dict(
+        recipe=recipe,
+        val_loss=val[-1]["val_loss"],
+        train_loss_last=statistics.mean(r["loss"] for r in records[-20:]),
+        tokens=records[-1]["tokens"],
+        tokens_per_s=tokens_per_s,
+        minutes=records[-1]["tokens"] / tokens_per_s / 60,
+    )
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="benchmarks/lm_quality.py", description=__doc__)
     parser.add_argument("--hidden-size", type=int, default=256)
@@ -57,13 +102,20 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument(
+        "--lr",
+        nargs="+",
+        default=["2e-3"],
+        help="a learning rate for all, or system=rate for one (e.g. yoco-gret=1e-3)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="model initialisation and data order")
     parser.add_argument("--systems", nargs="+", default=list(LABELS)[:3], choices=list(LABELS))
     parser.add_argument("--out", default="runs/lm_quality")
     parser.add_argument(
         "--benchmarks-md", help="write the results into this Markdown file's lm_quality section"
     )
     args = parser.parse_args(argv)
+    rates = learning_rates(args.lr, args.systems)
     env = environment()
 
     shape = dict(
@@ -94,36 +146,44 @@ def main(argv: list[str] | None = None) -> dict:
         else:
             fields["intermediate_size"] = matched_intermediate(fields, target, vocab)
         params = non_embedding_parameters(build_model(fields, vocab))
-        overrides = [f"model.{k}={json.dumps(v)}" for k, v in fields.items()] + [
+        every = max(1, args.steps // 10)
+        recipe = [f"model.{k}={json.dumps(v)}" for k, v in fields.items()] + [
             f"data.seq_len={args.seq_len}",
+            f"data.seed={args.seed}",
+            f"train.seed={args.seed}",
             f"train.batch_size={args.batch_size}",
             f"train.max_steps={args.steps}",
-            f"optimizer.lr={args.lr}",
+            f"optimizer.lr={rates[system]}",
             f"schedule.warmup_steps={max(1, args.steps // 20)}",
-            f"eval.every={max(1, args.steps // 10)}",
+            f"eval.every={every}",
             "eval.batches=8",
-            f"checkpoint.every={args.steps}",
+            f"checkpoint.every={every}",
             "checkpoint.keep_last=1",
         ]
         out = Path(args.out) / system
+        finished = out / "lm_quality.json"
         print(
-            f"== {LABELS[system]}: intermediate {fields['intermediate_size']}, {params:,} non-embedding parameters"
+            f"== {LABELS[system]}: intermediate {fields['intermediate_size']}, {params:,} non-embedding "
+            f"parameters, lr {rates[system]}"
         )
-        start = time.perf_counter()
-        summary = train(load_config(None, overrides), out)
-        records = read_metrics(out)
+        if finished.is_file() and json.loads(finished.read_text())["recipe"] == recipe:
+            print(f"   finished earlier with this recipe, kept: {finished}")
+            result = json.loads(finished.read_text())
+        else:
+            # An interrupted run resumes (train refuses a checkpoint trained with another recipe).
+            resume = ckpt.latest_checkpoint(out / "checkpoints") is not None
+            train(load_config(None, recipe), out, resume=resume)
+            result = summarize(out, recipe)
+            finished.write_text(json.dumps(result, indent=1))
         results[system] = dict(
             intermediate_size=fields["intermediate_size"],
             non_embedding_parameters=params,
-            val_loss=summary["val_loss"],
-            train_loss_last=statistics.mean(list(summary["losses"].values())[-20:]),
-            tokens=records[-1]["tokens"],
-            tokens_per_s=statistics.median(r["tokens_per_s"] for r in records),
-            minutes=(time.perf_counter() - start) / 60,
+            lr=rates[system],
+            **result,
         )
         runs[LABELS[system]] = out
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    plot_run(Path(args.out), runs=runs, out=Path(args.out) / "lm_quality.png")
+    plot_run(Path(args.out), runs=runs, out=Path(args.out) / "lm_quality.png", x="tokens")
     (Path(args.out) / "lm_quality.json").write_text(json.dumps(results, indent=1))
     markdown = report(results, args, argv, env)
     print(markdown)
@@ -146,7 +206,7 @@ def report(results: dict, args, argv, environment: dict) -> str:
     for system, r in results.items():
         relative = f"{(r['val_loss'] / baseline - 1) * 100:+.2f}%" if baseline else ""
         rows.append(
-            f"| {LABELS[system]} | {r['non_embedding_parameters']:,} | {r['intermediate_size']} | {r['tokens']:,} | "
+            f"| {LABELS[system]} | {r['non_embedding_parameters']:,} | {r['intermediate_size']} | {r['lr']:g} | {r['tokens']:,} | "
             f"{r['val_loss']:.4f} | {relative} | {r['train_loss_last']:.4f} | {r['tokens_per_s']:.0f} | {r['minutes']:.1f} |"
         )
     command = "python benchmarks/lm_quality.py " + " ".join(argv or [])
@@ -155,12 +215,13 @@ def report(results: dict, args, argv, environment: dict) -> str:
             f"Command: `{command.strip()}`  ",
             describe(environment),
             f"Shape: hidden {args.hidden_size}, {args.layers} layers, {args.heads} heads, byte vocabulary, "
-            f"sequence {args.seq_len}, batch {args.batch_size}, {args.steps} steps, lr {args.lr}, SWA window "
-            f"{args.window}; bfloat16 autocast where native and faster. Validation loss in nats per byte.",
+            f"sequence {args.seq_len}, batch {args.batch_size}, {args.steps} steps (cosine schedule, 5% warm-up), "
+            f"seed {args.seed}, SWA window {args.window}; bfloat16 autocast where native and faster, else float32. "
+            "Validation loss in nats per byte; minutes count training steps only.",
             "",
-            "| model | non-embedding params | FFN width | training tokens | val loss | vs Transformer "
+            "| model | non-embedding params | FFN width | lr | training tokens | val loss | vs Transformer "
             "| train loss (last 20 steps) | tokens/s | minutes |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|---|",
             *rows,
         ]
     )

@@ -11,8 +11,12 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def plot_run(run_dir: Path, runs: dict[str, Path] | None = None, out: Path | None = None) -> Path:
-    """Training (and validation) loss against step; several runs share the axes if given."""
+def plot_run(
+    run_dir: Path, runs: dict[str, Path] | None = None, out: Path | None = None, x: str = "step"
+) -> Path:
+    """Training (and validation) loss against ``x`` ("step" or "tokens", in millions); several
+    runs share the axes if given."""
+    scale = {"step": 1, "tokens": 1e6}[x]
     import matplotlib
 
     matplotlib.use("Agg")
@@ -23,18 +27,21 @@ def plot_run(run_dir: Path, runs: dict[str, Path] | None = None, out: Path | Non
     for label, path in runs.items():
         records = read_metrics(path)
         (line,) = ax.plot(
-            [r["step"] for r in records], [r["loss"] for r in records], alpha=0.6, label=f"{label} train"
+            [r[x] / scale for r in records if "loss" in r],
+            [r["loss"] for r in records if "loss" in r],
+            alpha=0.6,
+            label=f"{label} train",
         )
         val = [r for r in records if "val_loss" in r]
         if val:
             ax.plot(
-                [r["step"] for r in val],
+                [r[x] / scale for r in val],
                 [r["val_loss"] for r in val],
                 "o-",
                 color=line.get_color(),
                 label=f"{label} val",
             )
-    ax.set_xlabel("step")
+    ax.set_xlabel({"step": "step", "tokens": "training tokens (millions)"}[x])
     ax.set_ylabel("loss (nats/token)")
     ax.grid(True, alpha=0.3)
     ax.legend()
