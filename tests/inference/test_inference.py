@@ -481,6 +481,38 @@ def test_an_int8_cache_tracks_the_full_forward_within_its_rounding(kind):
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=INT8_BOUND, rtol=0)
 
 
+@pytest.mark.parametrize("kind", ["yoco-gret", "yoco-swa", "transformer"])
+def test_an_int8_cache_with_64_wide_heads_decodes_through_the_c_kernel_as_the_pytorch_path_does(
+    kind, monkeypatch
+):
+    """64-wide heads, as in the default shape: one-token steps over an int8 cache take the C
+    kernel where this machine can build it (yoco.ops.int8_attention). Their logits track the full
+    forward within the int8 bound and the PyTorch path's within a tenth of it."""
+    import yoco.ops.decode_attention as decode_attention_module
+
+    kernel_path = decode_attention_module.native_int8_attention
+
+    def steps(kernel) -> torch.Tensor:
+        calls = []
+        monkeypatch.setattr(
+            decode_attention_module, "native_int8_attention", lambda *a: calls.append(1) or kernel(*a)
+        )
+        cache = model.new_cache(1, 0, kv_cache_dtype="int8")
+        with torch.no_grad():
+            model(ids[:, :30], cache=cache)
+            logits = torch.cat([model(ids[:, i : i + 1], cache=cache).logits for i in range(30, 60)], dim=1)
+        assert len(calls) >= 30, "the one-token steps did not reach the int8 decode path"
+        return logits
+
+    model = sharpen_attention(tiny_model(kind, hidden_size=128, num_attention_heads=2), 4.0)
+    ids = torch.tensor([prompt_of(60)])
+    with torch.no_grad():
+        full = model(ids).logits[:, 30:]
+    fast, pytorch = steps(kernel_path), steps(lambda *a: None)
+    torch.testing.assert_close(fast, full, atol=INT8_BOUND, rtol=0)
+    torch.testing.assert_close(fast, pytorch, atol=INT8_BOUND / 10, rtol=0)
+
+
 def test_an_int8_cache_takes_about_half_the_bytes_of_bfloat16():
     # 64-wide heads, as in the default shape: 64 int8 values + a float32 scale = 68 bytes a vector.
     model = tiny_model("yoco-gret", hidden_size=128, num_attention_heads=2).to(torch.bfloat16)

@@ -123,7 +123,7 @@ def test_int8_path_equals_the_reference_over_the_dequantized_cache(n_keys, kv_he
 def test_int8_path_in_bfloat16_stays_within_bfloat16_rounding():
     q, k, v = qkv(5000, dtype=torch.bfloat16, d=64)
     qk, qv = int8(k, torch.bfloat16), int8(v, torch.bfloat16)
-    out = int8_decode_attention(q, qk, qv)
+    out = int8_decode_attention(q, qk, qv, native=False)
     assert out.dtype == torch.bfloat16
     keys, values = qk.dequantize(), qv.dequantize()  # what the cache stands for, in bfloat16
     exact = attention_reference(q.float(), keys.float(), values.float())
@@ -164,10 +164,10 @@ def test_int8_values_kept_positions_last_are_summed_by_the_int8_product(kv_heads
     key_mask = (torch.arange(n_keys)[None] < torch.tensor(lengths)[:, None])[:, None, None, :]
     for mask in (None, key_mask):
         products.clear()
-        out = int8_decode_attention(q, qk, qv, mask)
+        out = int8_decode_attention(q, qk, qv, mask, native=False)  # the PyTorch path, not the C kernel
         assert products.count((64, capacity)) == 2 * kv_heads  # one value sum per row and K/V head
         exact = attention_reference(q.float(), qk.dequantize().float(), qv.dequantize().float(), mask)
-        first = int8_decode_attention(q, qk, int8(v, torch.bfloat16), mask)  # values converted
+        first = int8_decode_attention(q, qk, int8(v, torch.bfloat16), mask, native=False)  # values converted
         bound = 2 * (first.float() - exact).abs().max().item()  # measured: 0.015 against 0.013-0.015
         assert (out.float() - exact).abs().max().item() < bound
 

@@ -20,6 +20,7 @@ the fallback for other devices; both are tested against SDPA and the dense refer
 import torch
 
 from yoco.ops.fused import Fused
+from yoco.ops.int8_attention import native_int8_attention
 from yoco.ops.quantize import QuantizedKV, dequantized, quantize_int8
 
 KEY_BLOCK = 4096  # keys per block (2048 to 8192 measured within 5% of each other)
@@ -175,10 +176,13 @@ def int8_decode_attention(
     v: QuantizedKV,
     key_mask: torch.Tensor | None = None,
     scale: float | None = None,
+    native: bool = True,
 ) -> torch.Tensor:
     """:func:`decode_attention` over an int8 cache, reading the int8 keys and values as they are.
 
-    Dequantizing a block and handing it to the fused kernel writes and reads every key again in
+    Where it applies (AVX-512 VNNI, a C compiler; ``native``), one pass of a C kernel does the
+    whole step (:mod:`yoco.ops.int8_attention`); the PyTorch path below is its fallback and
+    reference, three passes over the cache. Dequantizing a block and handing it to the fused kernel writes and reads every key again in
     floating point, three times the int8 bytes. Neither keys nor values need a copy:
 
     * **Scores.** The query is rounded to int8 like a key (one scale per vector, as llama.cpp
@@ -200,6 +204,10 @@ def int8_decode_attention(
     h_kv, n = k.shape[1], k.shape[2]
     rep = h // h_kv
     scale = d**-0.5 if scale is None else scale
+    if native:
+        out = native_int8_attention(q, k, v, key_mask, scale)
+        if out is not None:
+            return out
     q_values, q_scales = quantize_int8(q.reshape(b, h_kv, rep, d))
     unit = torch.ones(v.shape[-1], dtype=q.dtype)
     coefficients = q_scales * scale  # (B, H_kv, rep, 1)
