@@ -37,6 +37,7 @@ from yoco.bench.profile import DEFAULT_SHAPE, QUICK_SHAPE, PeakRSS, matmul_peak,
 from yoco.bench.report import LABELS, _k, _table
 from yoco.bench.systems import build_model
 from yoco.ops.decode_attention import weigh_int8_chunk
+from yoco.ops.int8_attention import KERNEL as INT8_KERNEL
 
 LENGTHS = [2**15 * 2**i for i in range(6)]  # 32K .. 1M
 QUICK_LENGTHS = [256, 512]
@@ -299,6 +300,9 @@ def run_long(args) -> dict:
             # The int8 path's fused softmax kernel, compiled in the first warm-up step that had a
             # whole key chunk (None: never needed, or compiling is off).
             int8_kernel_compile_s=weigh_int8_chunk.compile_seconds,
+            # The int8 cache's C attention kernel: its compile time, or why it was not used.
+            int8_native_compile_s=INT8_KERNEL.compile_seconds,
+            int8_native_failure=INT8_KERNEL.failure,
             transformer_budget_s=budget_s,
         ),
         bf16_matmul_flops=bf16_peak,
@@ -326,11 +330,7 @@ def markdown(results, image: str | None = None) -> str:
         f"{bandwidth / GiB:.1f} GiB/s. YOCO prefills in chunks of {meta['prefill_chunk']} tokens, the "
         "Transformer in one piece, each model after one untimed prefill of one chunk (llama.cpp: one batch); decode "
         f"{meta['decode_steps']} greedy steps at batch 1 after one warm-up step"
-        + (
-            ""
-            if meta["int8_kernel_compile_s"] is None
-            else f" (the int8 cache's fused softmax kernel compiled in its first one, {meta['int8_kernel_compile_s']:.1f} s)"
-        )
+        + int8_kernels(meta)
         + ". Transformer rows in "
         f"italics are extrapolated from its measured ones (its run stops within {meta['transformer_budget_s']:.0f} s "
         "of prefill).",
@@ -393,6 +393,20 @@ def markdown(results, image: str | None = None) -> str:
     if image:
         out += ["", f"![long context]({image})"]
     return "\n".join(out)
+
+
+def int8_kernels(meta: dict) -> str:
+    """Which int8 attention ran, and what compiling it cost the process."""
+    notes = []
+    if meta.get("int8_native_compile_s") is not None:
+        notes.append(f"the int8 cache's C attention kernel compiled in {meta['int8_native_compile_s']:.1f} s")
+    elif meta.get("int8_native_failure"):
+        notes.append(f"the int8 cache's C attention kernel unavailable ({meta['int8_native_failure']})")
+    if meta.get("int8_kernel_compile_s") is not None:
+        notes.append(
+            f"the PyTorch int8 path's fused softmax compiled in {meta['int8_kernel_compile_s']:.1f} s"
+        )
+    return f" ({'; '.join(notes)}, in the first step that needed it)" if notes else ""
 
 
 def versus_markdown(versus: dict) -> list[str]:
