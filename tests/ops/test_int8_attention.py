@@ -127,3 +127,12 @@ def test_without_a_compiler_or_when_switched_off_it_warns_once_and_returns_none(
     monkeypatch.setattr(native, "ENABLED", False)
     with pytest.warns(UserWarning, match="YOCO_NATIVE=0"):
         assert NativeKernel("test kernel", SOURCE, "yoco_int8_attention", []).function() is None
+
+
+def test_loading_the_kernel_leaves_the_process_float_mode_alone(kernel):
+    """The library is linked without -ffast-math's startup code, which would flush subnormals to
+    zero in every later PyTorch operation of the process; the kernel flushes only its own."""
+    q, keys, values = case(100, 4, 2, 64)
+    native_int8_attention(q, keys, values, None, 0.125)
+    subnormal = torch.tensor([1e-40])
+    assert (subnormal * 1.0).item() == pytest.approx(1e-40, rel=1e-3)

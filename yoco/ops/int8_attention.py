@@ -174,9 +174,14 @@ void yoco_int8_attention(const int8_t* q8, const float* coef, const int64_t* poi
             for (int64_t r = 0; r < rep; r++) acc[rep * d + r] = NONE, acc[rep * d + rep + r] = 0.f;
             continue;
         }
+        /* Weights of keys far below the maximum underflow to subnormals, which cost a microcode
+           assist each: flush them to zero here (this thread, this item), and only here. */
+        const unsigned int mode = _mm_getcsr();
+        _mm_setcsr(mode | 0x8040);
         attend_slice(q8 + g * rep * d, coef + g * rep, (const int8_t*)ptr[0], (const float*)ptr[1],
                      (const int8_t*)ptr[2], value_stride, (const float*)ptr[3], (const uint8_t*)ptr[4],
                      rep, d, start, end, acc, acc + rep * d, acc + rep * d + rep);
+        _mm_setcsr(mode);
     }
     for (int64_t g = 0; g < groups; g++)
         for (int64_t r = 0; r < rep; r++) {

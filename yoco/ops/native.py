@@ -23,7 +23,11 @@ import warnings
 from pathlib import Path
 
 ENABLED = os.environ.get("YOCO_NATIVE", "1") != "0"
-FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-shared"]
+COMPILE_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC"]
+# Linked without -ffast-math: with it, GCC before 13 links crtfastmath.o into the library, whose
+# constructor turns on flush-to-zero for the whole process when the library loads, silently
+# changing every later PyTorch result that passes through a subnormal.
+LINK_FLAGS = ["-shared", "-fopenmp"]
 
 
 class NativeKernel:
@@ -59,14 +63,9 @@ class NativeKernel:
         with tempfile.TemporaryDirectory(prefix="yoco-native-") as folder:
             source, library = Path(folder) / f"{self.symbol}.c", Path(folder) / f"{self.symbol}.so"
             source.write_text(self.source)
-            done = subprocess.run(
-                [compiler, *FLAGS, str(source), "-o", str(library), "-lm"], capture_output=True, text=True
-            )
-            if done.returncode != 0:
-                first = next(
-                    (line for line in done.stderr.splitlines() if "error" in line), done.stderr.strip()
-                )
-                raise _Unavailable(f"{compiler} failed: {first[:300]}")
+            objects = source.with_suffix(".o")
+            _run([compiler, *COMPILE_FLAGS, "-c", str(source), "-o", str(objects)])
+            _run([compiler, *LINK_FLAGS, str(objects), "-o", str(library), "-lm"])
             try:
                 loaded = ctypes.CDLL(str(library))  # mapped now: the file may go with the folder
             except OSError as error:
@@ -79,3 +78,10 @@ class NativeKernel:
 
 class _Unavailable(Exception):
     pass
+
+
+def _run(command: list[str]) -> None:
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        first = next((line for line in done.stderr.splitlines() if "error" in line), done.stderr.strip())
+        raise _Unavailable(f"{command[0]} failed: {first[:300]}")
