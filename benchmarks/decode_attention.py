@@ -5,7 +5,8 @@
 Prints, per storage dtype, number of K/V heads and cache length, the time of one step's
 attention (best of 7) and the share of the plain read bandwidth (measured in the same run) at
 which it reads the cache: SDPA, split-K, and decode attention over the same keys and values stored
-int8 (:mod:`yoco.ops.quantize`; its share counts the int8 bytes it reads). 8 query heads of 64
+int8 (:mod:`yoco.ops.quantize`; its share counts the int8 bytes it reads), through the C kernel
+(:mod:`yoco.ops.int8_attention`, where this machine builds it) and through the PyTorch path. 8 query heads of 64
 dimensions, batch 1, the cache a slice of a larger buffer as in a decoding cache (int8: written
 into a :class:`~yoco.cache.GrowingKV`, values kept positions last as a cache keeps them).
 Results: docs/BENCHMARKS.md.
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from yoco.bench.environment import environment
 from yoco.bench.profile import read_bandwidth
 from yoco.cache import GrowingKV
-from yoco.ops.decode_attention import decode_attention
+from yoco.ops.decode_attention import decode_attention, int8_decode_attention
 
 HEADS, HEAD_DIM = 8, 64
 
@@ -43,10 +44,10 @@ def main() -> None:
     bandwidth = read_bandwidth() / 2**30
     print(f"{environment()['cpu']}, torch {torch.__version__}; plain read: {bandwidth:.1f} GiB/s\n")
     print(
-        "| dtype | K/V heads | keys | K+V MiB | SDPA ms | split-K ms | int8 ms "
-        "| share of read: SDPA | split-K | int8 |"
+        "| dtype | K/V heads | keys | K+V MiB | SDPA ms | split-K ms | int8 ms: kernel | PyTorch "
+        "| share of read: SDPA | split-K | int8 kernel | int8 PyTorch |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for dtype in (torch.float32, torch.bfloat16):
         for kv_heads in args.kv_heads:
             for n in args.lengths:
@@ -60,6 +61,7 @@ def main() -> None:
                 store = GrowingKV(1, kv_heads, HEAD_DIM, dtype, "cpu", n + 256, kv_cache_dtype="int8")
                 k8, v8, _ = store.append(k, v)
                 int8 = best_ms(decode_attention, q, k8, v8)
+                int8_pytorch = best_ms(int8_decode_attention, q, k8, v8, native=False)
                 int8_gib = (k8.nbytes() + v8.nbytes()) / 2**30
 
                 def share(gib_read: float, ms: float) -> str:  # of the plain read bandwidth
@@ -67,7 +69,8 @@ def main() -> None:
 
                 print(
                     f"| {str(dtype)[6:]} | {kv_heads} | {n} | {gib * 1024:.0f} | {sdpa:.2f} | {split:.2f} "
-                    f"| {int8:.2f} | {share(gib, sdpa)} | {share(gib, split)} | {share(int8_gib, int8)} |",
+                    f"| {int8:.2f} | {int8_pytorch:.2f} | {share(gib, sdpa)} | {share(gib, split)} "
+                    f"| {share(int8_gib, int8)} | {share(int8_gib, int8_pytorch)} |",
                     flush=True,
                 )
 
