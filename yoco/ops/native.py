@@ -18,6 +18,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -37,20 +38,25 @@ class NativeKernel:
         self.name, self.source, self.symbol, self.argtypes = name, source, symbol, argtypes
         self._function = None
         self._tried = False
+        self._lock = threading.Lock()  # a server's threads may all reach the first call at once
         self.compile_seconds: float | None = None  # what this process paid, once
         self.failure: str | None = None  # why it is unavailable, if it is
 
     def function(self):
         """The ctypes function, or None (with one warning) where it cannot be built here."""
-        if not self._tried:
-            self._tried = True
-            try:
-                self._function = self._build()
-            except _Unavailable as reason:
-                self.failure = str(reason)
-                warnings.warn(
-                    f"{self.name}: native kernel unavailable ({reason}); using the PyTorch path", stacklevel=3
-                )
+        if self._tried:
+            return self._function
+        with self._lock:
+            if not self._tried:
+                self._tried = True
+                try:
+                    self._function = self._build()
+                except _Unavailable as reason:
+                    self.failure = str(reason)
+                    warnings.warn(
+                        f"{self.name}: native kernel unavailable ({reason}); using the PyTorch path",
+                        stacklevel=3,
+                    )
         return self._function
 
     def _build(self):
