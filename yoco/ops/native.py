@@ -48,7 +48,6 @@ class NativeKernel:
             return self._function
         with self._lock:
             if not self._tried:
-                self._tried = True
                 try:
                     self._function = self._build()
                 except _Unavailable as reason:
@@ -57,6 +56,7 @@ class NativeKernel:
                         f"{self.name}: native kernel unavailable ({reason}); using the PyTorch path",
                         stacklevel=3,
                     )
+                self._tried = True  # after the build: the unlocked check above must not see it early
         return self._function
 
     def _build(self):
