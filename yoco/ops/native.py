@@ -87,7 +87,10 @@ class _Unavailable(Exception):
 
 
 def _run(command: list[str]) -> None:
-    done = subprocess.run(command, capture_output=True, text=True)
+    try:
+        done = subprocess.run(command, capture_output=True, text=True)
+    except OSError as error:  # found on PATH but not runnable
+        raise _Unavailable(f"{command[0]} could not run: {error}") from None
     if done.returncode != 0:
         first = next((line for line in done.stderr.splitlines() if "error" in line), done.stderr.strip())
         raise _Unavailable(f"{command[0]} failed: {first[:300]}")
