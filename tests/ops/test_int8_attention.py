@@ -100,6 +100,26 @@ def test_a_later_block_that_raises_the_maximum_rescales_the_earlier_ones(kernel)
     torch.testing.assert_close(out.double(), exact(q, keys, values, None), atol=bound(values), rtol=0)
 
 
+def test_grouped_queries_views_into_a_batch_a_shared_mask_and_another_default_dtype(kernel):
+    """Eight query heads per K/V head; the cache's second row taken as a view (a storage
+    offset); one mask row broadcast over the batch; torch's default dtype set to bfloat16 (the
+    kernel's buffers must stay float32)."""
+    q, keys, values = case(3000, 8, 1, 64, batch=3)
+    q, keys, values = q[1:], keys[1:], values[1:]
+    assert keys.values.storage_offset() > 0
+    shared = prefix_mask([2500], 3000)  # (1, 1, 1, n) for both rows
+    default = torch.get_default_dtype()
+    try:
+        torch.set_default_dtype(torch.bfloat16)
+        out = native_int8_attention(q, keys, values, shared, 64**-0.5)
+    finally:
+        torch.set_default_dtype(default)
+    assert out is not None
+    torch.testing.assert_close(
+        out.double(), exact(q, keys, values, shared.expand(2, 1, 1, 3000)), atol=bound(values), rtol=0
+    )
+
+
 def test_layouts_and_masks_it_does_not_read_fall_back_to_the_pytorch_path():
     q, keys, values = case(100, 4, 2, 64)
     assert native_int8_attention(q[..., :32], *case(100, 4, 2, 32)[1:], None, 1.0) is None  # head size

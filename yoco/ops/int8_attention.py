@@ -163,9 +163,9 @@ static void attend_slice(const int8_t* q8, const float* coef, const int8_t* keys
    work holds splits * (rep * (d + 2)) floats per group; out (groups, rep, d). */
 void yoco_int8_attention(const int8_t* q8, const float* coef, const int64_t* pointers, int64_t groups,
                          int64_t rep, int64_t d, int64_t n, int64_t value_stride, int64_t splits,
-                         float* work, float* out) {
+                         int64_t threads, float* work, float* out) {
     const int64_t item = rep * (d + 2), per = ((n + splits - 1) / splits + 63) / 64 * 64;
-    #pragma omp parallel for schedule(dynamic, 1)
+    #pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
     for (int64_t w = 0; w < groups * splits; w++) {
         const int64_t g = w / splits, start = (w % splits) * per, end = start + per < n ? start + per : n;
         const int64_t* ptr = pointers + 5 * g;
@@ -192,7 +192,7 @@ void yoco_int8_attention(const int8_t* q8, const float* coef, const int64_t* poi
             }
             float* o = out + (g * rep + r) * d;
             for (int64_t e = 0; e < d; e++) o[e] = 0.f;
-            if (top <= 0.5f * NONE) continue; /* no visible key: zeros */
+            if (top <= 0.5f * NONE) continue; /* no visible key (never in decoding): zeros */
             for (int64_t s = 0; s < splits; s++) {
                 const float* acc = work + (g * splits + s) * item;
                 if (acc[rep * d + r] <= 0.5f * NONE) continue;
@@ -207,22 +207,34 @@ void yoco_int8_attention(const int8_t* q8, const float* coef, const int64_t* poi
 
 _P, _I = ctypes.c_void_p, ctypes.c_int64
 KERNEL = NativeKernel(
-    "int8 decode attention", SOURCE, "yoco_int8_attention", [_P, _P, _P, _I, _I, _I, _I, _I, _I, _P, _P]
+    "int8 decode attention", SOURCE, "yoco_int8_attention", [_P, _P, _P, _I, _I, _I, _I, _I, _I, _I, _P, _P]
 )
 
 
-def _fits(q: torch.Tensor, k: QuantizedKV, v: QuantizedKV) -> bool:
-    """Shapes and layouts the kernel reads directly: head size a multiple of 64, keys positions
-    first and values positions last with unit strides, float32 scales along positions."""
-    d, rep = q.shape[-1], q.shape[1] // k.shape[1]
+def _fits(q: torch.Tensor, k: QuantizedKV, v: QuantizedKV, key_mask: torch.Tensor | None) -> bool:
+    """Shapes and layouts the kernel reads directly: one query per head, head size a multiple
+    of 64, keys positions first and values positions last with unit strides, float32 scales
+    along positions, a key mask of one row of positions per batch row (or one for all)."""
+    b, h, queries, d = q.shape
+    h_kv, n = k.shape[1], k.shape[2]
+    mask_fits = key_mask is None or (
+        key_mask.dim() == 4
+        and key_mask.shape[0] in (1, b)
+        and key_mask.shape[1:3] == (1, 1)
+        and key_mask.shape[3] >= n
+    )
     return (
-        d % 64 == 0
-        and rep <= MAX_GROUPED_QUERIES
-        and k.shape[2] > 0
+        queries == 1
+        and d % 64 == 0
+        and h % h_kv == 0
+        and h // h_kv <= MAX_GROUPED_QUERIES
+        and n > 0
+        and k.shape == v.shape == (b, h_kv, n, d)
+        and mask_fits
         and k.values.stride(-1) == 1
         and k.values.stride(-2) == d
         and v.values.stride(-2) == 1
-        and v.shape[-1] == d
+        and k.values.dtype == v.values.dtype == torch.int8
         and k.scales.dtype == v.scales.dtype == torch.float32
         and k.scales.stride(-2) == v.scales.stride(-2) == 1
     )
@@ -231,7 +243,9 @@ def _fits(q: torch.Tensor, k: QuantizedKV, v: QuantizedKV) -> bool:
 def _group_addresses(x: torch.Tensor) -> torch.Tensor:
     """The address of each (row, head) of a (B, H, ...) tensor, (B·H,)."""
     b, h = x.shape[:2]
-    offsets = torch.arange(b)[:, None] * x.stride(0) + torch.arange(h)[None, :] * x.stride(1)
+    offsets = torch.arange(b, device="cpu")[:, None] * x.stride(0) + torch.arange(h, device="cpu")[
+        None, :
+    ] * x.stride(1)
     return (x.data_ptr() + offsets * x.element_size()).reshape(-1)
 
 
@@ -240,10 +254,8 @@ def native_int8_attention(
 ) -> torch.Tensor | None:
     """The kernel's attention (B, H, 1, d) in q's dtype, or None where it does not apply (other
     shapes or layouts, or no kernel on this machine): the caller then runs the PyTorch path."""
-    if q.device.type != "cpu" or not _fits(q, k, v):
+    if q.device.type != "cpu" or not _fits(q, k, v, key_mask):
         return None
-    if key_mask is not None and key_mask.shape[1:3] != (1, 1):
-        return None  # a mask per head: the kernel takes one row of positions per batch row
     function = KERNEL.function()
     if function is None:
         return None
@@ -253,11 +265,11 @@ def native_int8_attention(
     q_values, q_scales = quantize_int8(q.reshape(b, h_kv, rep, d))  # as the PyTorch path rounds it
     q_values = q_values.contiguous()
     coefficients = (q_scales * scale).contiguous()
-    if key_mask is not None:  # (B, 1, 1, n) bool: one row of bytes per batch row
-        key_mask = key_mask.reshape(b, -1)[:, :n].to(torch.uint8).contiguous()
-        masks = (key_mask.data_ptr() + torch.arange(b) * n).repeat_interleave(h_kv)
+    if key_mask is not None:  # (B or 1, 1, 1, ≥ n) bool -> one row of n bytes per batch row
+        key_mask = key_mask[..., :n].expand(b, 1, 1, n).reshape(b, n).to(torch.uint8).contiguous()
+        masks = (key_mask.data_ptr() + torch.arange(b, device="cpu") * n).repeat_interleave(h_kv)
     else:
-        masks = torch.zeros(groups, dtype=torch.int64)
+        masks = torch.zeros(groups, dtype=torch.int64, device="cpu")
     pointers = torch.stack(
         [
             _group_addresses(k.values),
@@ -270,8 +282,9 @@ def native_int8_attention(
     ).contiguous()
     threads = torch.get_num_threads()
     splits = max(1, min(-(-4 * threads // groups), n // MIN_SLICE))
-    work = torch.empty(groups * splits * rep * (d + 2))
-    out = torch.empty(groups, rep, d)
+    # float32 on the CPU whatever torch's default dtype and device: the kernel writes floats.
+    work = torch.empty(groups * splits * rep * (d + 2), dtype=torch.float32, device="cpu")
+    out = torch.empty(groups, rep, d, dtype=torch.float32, device="cpu")
     function(
         q_values.data_ptr(),
         coefficients.data_ptr(),
@@ -282,6 +295,7 @@ def native_int8_attention(
         n,
         v.values.stride(-1),
         splits,
+        threads,
         work.data_ptr(),
         out.data_ptr(),
     )

@@ -29,6 +29,7 @@ COMPILE_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC"]
 # constructor turns on flush-to-zero for the whole process when the library loads, silently
 # changing every later PyTorch result that passes through a subnormal.
 LINK_FLAGS = ["-shared", "-fopenmp"]
+COMPILE_TIMEOUT_S = 120  # a second or two normally; a stuck compiler must not stall decoding
 
 
 class NativeKernel:
@@ -66,6 +67,19 @@ class NativeKernel:
         if shutil.which(compiler) is None:
             raise _Unavailable(f"no C compiler {compiler!r} on PATH")
         start = time.perf_counter()
+        try:
+            loaded = self._compile_and_load(compiler)
+        except OSError as error:  # no writable temporary folder, a full disk
+            raise _Unavailable(f"could not write the build files: {error}") from None
+        self.compile_seconds = time.perf_counter() - start
+        try:
+            function = getattr(loaded, self.symbol)
+        except AttributeError:
+            raise _Unavailable(f"the library has no function {self.symbol}") from None
+        function.argtypes, function.restype = self.argtypes, None
+        return function
+
+    def _compile_and_load(self, compiler: str) -> ctypes.CDLL:
         with tempfile.TemporaryDirectory(prefix="yoco-native-") as folder:
             source, library = Path(folder) / f"{self.symbol}.c", Path(folder) / f"{self.symbol}.so"
             source.write_text(self.source)
@@ -76,10 +90,7 @@ class NativeKernel:
                 loaded = ctypes.CDLL(str(library))  # mapped now: the file may go with the folder
             except OSError as error:
                 raise _Unavailable(f"could not load the compiled library: {error}") from None
-        self.compile_seconds = time.perf_counter() - start
-        function = getattr(loaded, self.symbol)
-        function.argtypes, function.restype = self.argtypes, None
-        return function
+        return loaded
 
 
 class _Unavailable(Exception):
@@ -88,9 +99,11 @@ class _Unavailable(Exception):
 
 def _run(command: list[str]) -> None:
     try:
-        done = subprocess.run(command, capture_output=True, text=True)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S)
     except OSError as error:  # found on PATH but not runnable
         raise _Unavailable(f"{command[0]} could not run: {error}") from None
+    except subprocess.TimeoutExpired:
+        raise _Unavailable(f"{command[0]} took over {COMPILE_TIMEOUT_S} s") from None
     if done.returncode != 0:
         first = next((line for line in done.stderr.splitlines() if "error" in line), done.stderr.strip())
         raise _Unavailable(f"{command[0]} failed: {first[:300]}")
