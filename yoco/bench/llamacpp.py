@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from yoco.bench.profile import decode_step_times
+
 # A vocabulary llama.cpp accepts for any ids: SentencePiece-style entries with no merges.
 _SPECIAL = ["<unk>", "<s>", "</s>"]
 
@@ -155,7 +157,7 @@ def measure(path: str | Path, lengths: list[int], steps: int, threads: int, voca
     """One growing prompt through llama.cpp: prefill to each length in turn (a prefill to N is
     the same work whether or not it stopped at shorter lengths on the way, so each length's
     prefill time is the sum up to it), and at each length ``steps`` greedy decode steps after one
-    warm-up step; the decoded tokens stay in the context, as a generation's would. One untimed
+    warm-up step, timed one by one (their median, as for YOCO); the decoded tokens stay in the context, as a generation's would. One untimed
     batch of the prompt goes first (YOCO's models get one untimed chunk). Stops before
     a length whose prefill, growing at most with the square of the prompt, would pass
     ``budget_s`` seconds."""
@@ -175,11 +177,7 @@ def measure(path: str | Path, lengths: list[int], steps: int, threads: int, voca
         fed = n
         token = int(last_logits(llm).argmax())
         llm.eval([token])  # warm-up step
-        start = time.perf_counter()
-        for _ in range(steps):
-            token = int(last_logits(llm).argmax())
-            llm.eval([token])
-        step_s = (time.perf_counter() - start) / steps
-        rows.append(dict(length=n, prefill_s=prefill_s, step_s=step_s))
+        times = decode_step_times(lambda: llm.eval([int(last_logits(llm).argmax())]), steps)
+        rows.append(dict(length=n, prefill_s=prefill_s, **times))
     llm.close()
     return rows

@@ -33,7 +33,14 @@ import yoco
 from yoco.bench import llamacpp
 from yoco.bench.environment import describe, environment
 from yoco.bench.flops import parameter_count, prefill_flops
-from yoco.bench.profile import DEFAULT_SHAPE, QUICK_SHAPE, PeakRSS, matmul_peak, read_bandwidth
+from yoco.bench.profile import (
+    DEFAULT_SHAPE,
+    QUICK_SHAPE,
+    PeakRSS,
+    decode_step_times,
+    matmul_peak,
+    read_bandwidth,
+)
 from yoco.bench.report import LABELS, _k, _table
 from yoco.bench.systems import build_model
 from yoco.ops.decode_attention import weigh_int8_chunk
@@ -44,7 +51,7 @@ QUICK_LENGTHS = [256, 512]
 VERSUS_LLAMACPP = [2**14 * 2**i for i in range(4)]  # 16K .. 128K
 QUICK_VERSUS_LLAMACPP = [128, 256]
 PREFILL_CHUNK = 16384
-DECODE_STEPS = 8
+DECODE_STEPS = 16  # timed one by one; the tables report their median
 # Positions after the prompt: the warm-up step, the timed steps and a kept context's next token.
 POSITIONS = DECODE_STEPS + 2
 RUNS = [("yoco-gret", "auto"), ("yoco-gret", "int8"), ("yoco-swa", "auto")]  # (system, kv_cache_dtype)
@@ -80,6 +87,17 @@ def warmed_up(model, shape, tokens: int, chunk: int | None):
     return model
 
 
+class Greedy:
+    """One greedy decode step per call, continuing ``cache`` from ``logits``."""
+
+    def __init__(self, model, cache, logits):
+        self.model, self.cache, self.logits = model, cache, logits
+
+    def __call__(self):
+        token = self.logits.argmax(-1, keepdim=True)
+        self.logits = self.model(token, cache=self.cache, logits_to_keep=1).logits[:, -1]
+
+
 @torch.no_grad()
 def measure(
     model, system: str, shape, n: int, kv_cache_dtype: str, chunk: int | None, keep_dir: str | None = None
@@ -94,13 +112,10 @@ def measure(
         )
         prefill_s = time.perf_counter() - start
         cache_bytes = cache.nbytes()
-        token = logits.argmax(-1, keepdim=True)
-        logits = model(token, cache=cache, logits_to_keep=1).logits[:, -1]  # warm-up step
-        start = time.perf_counter()
-        for _ in range(DECODE_STEPS):
-            token = logits.argmax(-1, keepdim=True)
-            logits = model(token, cache=cache, logits_to_keep=1).logits[:, -1]
-        step_s = (time.perf_counter() - start) / DECODE_STEPS
+        step = Greedy(model, cache, logits)
+        step()  # warm-up step
+        times = decode_step_times(step, DECODE_STEPS)
+        logits = step.logits
     kept = {}
     if keep_dir is not None:
         path = Path(keep_dir) / "context.safetensors"
@@ -123,7 +138,7 @@ def measure(
         cache_bytes=cache_bytes,
         peak_rss_bytes=rss.peak,
         rss_growth_bytes=rss.growth,
-        step_s=step_s,
+        **times,
         step_bytes=step_bytes(model, cache, system, shape),
         measured=True,
     )
@@ -329,7 +344,7 @@ def markdown(results, image: str | None = None) -> str:
         f"Limits measured in this run (at its start and before llama.cpp, the higher of the two): {products}, plain read "
         f"{bandwidth / GiB:.1f} GiB/s. YOCO prefills in chunks of {meta['prefill_chunk']} tokens, the "
         "Transformer in one piece, each model after one untimed prefill of one chunk (llama.cpp: one batch); decode "
-        f"{meta['decode_steps']} greedy steps at batch 1 after one warm-up step"
+        f"{meta['decode_steps']} greedy steps at batch 1 after one warm-up step, timed one by one: the median step"
         + int8_kernels(meta)
         + ". Transformer rows in "
         f"italics are extrapolated from its measured ones (its run stops within {meta['transformer_budget_s']:.0f} s "

@@ -100,6 +100,18 @@ def timed(fn, *args, **kwargs):
     return out, time.perf_counter() - start
 
 
+def decode_step_times(step, steps: int) -> dict:
+    """``steps`` calls of ``step()`` (one decode step each), timed one by one: the median
+    (``step_s``, what the tables report: on a shared machine a neighbour's burst slows a few
+    steps by 30% or more, which a mean passes on) and the mean (``step_mean_s``)."""
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return dict(step_s=statistics.median(times), step_mean_s=statistics.fmean(times))
+
+
 def run(args) -> dict:
     shape = QUICK_SHAPE if args.quick else DEFAULT_SHAPE
     if args.window:
