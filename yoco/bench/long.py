@@ -2,7 +2,7 @@
 
 For YOCO-gRet and YOCO-SWA in bfloat16 (YOCO-gRet also with its cache in int8: the shared K/V
 is the same in both kinds), one prefill of a random prompt per length (chunks of ``PREFILL_CHUNK``) and then ``DECODE_STEPS`` greedy steps
-at batch 1. Every speed is put beside the limit it is bounded by, measured in the same run:
+at batch 1, each timed on its own (the median is reported). Every speed is put beside the limit it is bounded by, measured in the same run:
 
 * prefill: FLOPs (:func:`yoco.bench.flops.prefill_flops`) per second as a share of the faster
   of the bfloat16 and float32 matrix-product rates (4096³ products): bfloat16 operands are exact
