@@ -1,6 +1,8 @@
 """The int8 decode attention kernel (C, AVX-512 VNNI) against attention over the dequantized
 cache, and against the PyTorch path it replaces; its fallbacks where it cannot be built."""
 
+import shutil
+
 import pytest
 import torch
 
@@ -140,9 +142,10 @@ def test_without_a_compiler_or_when_switched_off_it_warns_once_and_returns_none(
     assert missing.function() is None and "no-such-compiler" in missing.failure  # no second warning
 
     monkeypatch.delenv("CC")
-    broken = NativeKernel("test kernel", '#error "this CPU lacks an instruction"\n', "f", [])
-    with pytest.warns(UserWarning, match="this CPU lacks an instruction"):
-        assert broken.function() is None
+    if shutil.which("cc"):  # a source that stops compiling, as the kernel does without VNNI
+        broken = NativeKernel("test kernel", '#error "this CPU lacks an instruction"\n', "f", [])
+        with pytest.warns(UserWarning, match="this CPU lacks an instruction"):
+            assert broken.function() is None
 
     monkeypatch.setattr(native, "ENABLED", False)
     with pytest.warns(UserWarning, match="YOCO_NATIVE=0"):
