@@ -24,10 +24,3 @@ def corpus(tmp_path):
         "\n".join(json.dumps({"text": f"record {i}: " + "abc " * (i % 5 + 1)}) for i in range(40))
     )
     return texts, lines
-
-
-def pytest_configure(config):
-    # torch.compile's own modules still call the deprecated decorator (torch 2.13): not ours to fix.
-    config.addinivalue_line(
-        "filterwarnings", "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"
-    )
