@@ -2,6 +2,9 @@
 against, and a tiny training setup. Fixtures live in conftest.py; everything else is here."""
 
 import json
+import os
+import shutil
+from pathlib import Path
 
 import torch
 
@@ -112,3 +115,13 @@ def tiny_config(corpus, **sections):
     overrides += [f"model.{k}={json.dumps(v)}" for k, v in TINY_MODEL.items()]
     overrides += [f"{k}={v}" for k, v in sections.items()]
     return load_config(None, overrides)
+
+
+def int8_kernel_expected() -> bool:
+    """Whether this machine can build the int8 attention kernel (yoco.ops.int8_attention): a C
+    compiler and a CPU with AVX-512 F, BW, VL and VNNI. Where it can, the tests require the kernel
+    to be built and used; elsewhere they require the PyTorch path to answer instead."""
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = set(cpuinfo.read_text().split()) if cpuinfo.is_file() else set()
+    needed = {"avx512f", "avx512bw", "avx512vl", "avx512_vnni"}
+    return needed <= flags and shutil.which(os.environ.get("CC", "cc")) is not None

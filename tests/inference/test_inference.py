@@ -15,6 +15,7 @@ from tests.helpers import (
     MODEL_KINDS,
     cached_logits,
     greedy_by_full_forward,
+    int8_kernel_expected,
     prompt_of,
     sharpen_attention,
     tiny_model,
@@ -486,13 +487,10 @@ def test_an_int8_cache_with_64_wide_heads_decodes_through_the_c_kernel_as_the_py
     kind, monkeypatch
 ):
     """64-wide heads, as in the default shape: one-token steps over an int8 cache take the C
-    kernel (yoco.ops.int8_attention; skipped where this machine cannot build it). Their logits
+    kernel (yoco.ops.int8_attention) wherever this machine can build it. Their logits
     track the full forward within the int8 bound and the PyTorch path's within a tenth of it."""
     import yoco.ops.decode_attention as decode_attention_module
-    from yoco.ops.int8_attention import KERNEL
 
-    if KERNEL.function() is None:
-        pytest.skip(f"the int8 attention kernel cannot be built here: {KERNEL.failure}")
     kernel_path = decode_attention_module.native_int8_attention
 
     def steps(kernel) -> torch.Tensor:
@@ -513,7 +511,8 @@ def test_an_int8_cache_with_64_wide_heads_decodes_through_the_c_kernel_as_the_py
     with torch.no_grad():
         full = model(ids).logits[:, 30:]
     (fast, by_kernel), (pytorch, _) = steps(kernel_path), steps(lambda *a: None)
-    assert by_kernel >= 30  # every step, in every attention layer reading the int8 cache
+    # every step, in every attention layer reading the int8 cache; none where there is no kernel
+    assert by_kernel >= 30 if int8_kernel_expected() else by_kernel == 0
     torch.testing.assert_close(fast, full, atol=INT8_BOUND, rtol=0)
     torch.testing.assert_close(fast, pytorch, atol=INT8_BOUND / 10, rtol=0)
 

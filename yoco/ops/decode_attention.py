@@ -222,14 +222,15 @@ def int8_decode_attention(
         weights = torch.empty(b, h_kv, rep, memory[0][0].shape[1], dtype=q.dtype)
         weights[..., n:] = 0
     else:
-        weights = torch.empty(b, h_kv, rep, n)
+        weights = torch.empty(b, h_kv, rep, n, dtype=torch.float32)
     # One pass over the keys, KEY_CHUNK at a time for all rows and heads at once, so that the
     # element-wise work between the products stays in the CPU's cache: each chunk's weights are
     # exp(score - reference) · value scale, the reference being the largest score so far give or
     # take SCORE_MARGIN. Chunks weighed against a reference that a later chunk moved up are
     # scaled down to the final one after the pass (a second rounding of those weights; none
     # unless a score rises more than SCORE_MARGIN above every earlier one).
-    running = torch.full((b, h_kv, rep, 1), float("-inf"))
+    # float32 accumulators whatever torch's default dtype
+    running = torch.full((b, h_kv, rep, 1), float("-inf"), dtype=torch.float32)
     maxima, sums = [], []
     for start, end in _chunks(n, KEY_CHUNK):
         products = torch.empty(b, h_kv, rep, end - start, dtype=torch.int32)
@@ -249,13 +250,13 @@ def int8_decode_attention(
         )
         maxima.append(running)
         sums.append(chunk_sum)
-    total = torch.zeros(b, h_kv, rep, 1)
+    total = torch.zeros(b, h_kv, rep, 1, dtype=torch.float32)
     for (start, end), maximum, chunk_sum in zip(_chunks(n, KEY_CHUNK), maxima, sums, strict=True):
         factor = torch.exp(maximum - running)  # 1 where the chunk used the final reference, 0 for -inf
         total += chunk_sum * factor
         if (factor != 1).any():
             weights[..., start:end] *= factor
-    out = torch.zeros(b, h_kv, rep, v.shape[-1])
+    out = torch.zeros(b, h_kv, rep, v.shape[-1], dtype=torch.float32)
     for row in range(b):
         for head in range(h_kv):
             if summed_by_product:
