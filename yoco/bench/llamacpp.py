@@ -157,8 +157,9 @@ def measure(path: str | Path, lengths: list[int], steps: int, threads: int, voca
     """One growing prompt through llama.cpp: prefill to each length in turn (a prefill to N is
     the same work whether or not it stopped at shorter lengths on the way, so each length's
     prefill time is the sum up to it), and at each length ``steps`` greedy decode steps after one
-    warm-up step, timed one by one (their median, as for YOCO); the decoded tokens stay in the context, as a generation's would. One untimed
-    batch of the prompt goes first (YOCO's models get one untimed chunk). Stops before
+    warm-up step, timed one by one (their median, as for YOCO); the decoded tokens stay in the
+    context, as a generation's would. One untimed batch of the prompt goes first (YOCO's models
+    get one untimed chunk). Stops before
     a length whose prefill, growing at most with the square of the prompt, would pass
     ``budget_s`` seconds."""
     ids = torch.randint(

@@ -166,9 +166,9 @@ def main(argv: list[str] | None = None) -> dict:
             f"== {LABELS[system]}: intermediate {fields['intermediate_size']}, {params:,} non-embedding "
             f"parameters, lr {rates[system]}"
         )
-        if finished.is_file() and json.loads(finished.read_text())["recipe"] == recipe:
+        result = json.loads(finished.read_text()) if finished.is_file() else None
+        if result is not None and result["recipe"] == recipe:
             print(f"   finished earlier with this recipe, kept: {finished}")
-            result = json.loads(finished.read_text())
         else:
             # An interrupted run resumes (train refuses a checkpoint trained with another recipe).
             resume = ckpt.latest_checkpoint(out / "checkpoints") is not None

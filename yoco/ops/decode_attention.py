@@ -182,7 +182,9 @@ def int8_decode_attention(
 
     Where it applies (AVX-512 VNNI, a C compiler; ``native``), one pass of a C kernel does the
     whole step (:mod:`yoco.ops.int8_attention`); the PyTorch path below is its fallback and
-    reference, three passes over the cache. Dequantizing a block and handing it to the fused kernel writes and reads every key again in
+    reference, three passes over the cache.
+
+    Dequantizing a block and handing it to the fused kernel writes and reads every key again in
     floating point, three times the int8 bytes. Neither keys nor values need a copy:
 
     * **Scores.** The query is rounded to int8 like a key (one scale per vector, as llama.cpp

@@ -27,10 +27,7 @@ def plot_run(
     for label, path in runs.items():
         records = read_metrics(path)
         (line,) = ax.plot(
-            [r[x] / scale for r in records if "loss" in r],
-            [r["loss"] for r in records if "loss" in r],
-            alpha=0.6,
-            label=f"{label} train",
+            [r[x] / scale for r in records], [r["loss"] for r in records], alpha=0.6, label=f"{label} train"
         )
         val = [r for r in records if "val_loss" in r]
         if val:
