@@ -115,3 +115,20 @@ def test_lm_quality_learning_rates():
         learning_rates(["2e-3", "yoco-swa=1e-3"], systems)
     with pytest.raises(SystemExit, match="neither a number"):
         learning_rates(["fast"], systems)
+
+
+def test_lm_quality_keeps_results_across_checkouts(tmp_path):
+    """With --results apart from --out, a finished system survives losing its run folder (as on
+    a fresh clone, where runs/ is not kept) and is not trained again."""
+    tiny = ["--hidden-size", "32", "--layers", "2", "--heads", "4", "--intermediate-size", "64"]
+    argv = tiny + ["--seq-len", "32", "--batch-size", "2", "--steps", "2", "--lr", "1e-3"]
+    argv += ["--systems", "transformer", "--dtype", "float32", "--results", str(tmp_path / "kept")]
+    first = lm_quality(argv + ["--out", str(tmp_path / "run1")])
+    assert (tmp_path / "kept" / "transformer" / "metrics.jsonl").is_file()
+    again = lm_quality(argv + ["--out", str(tmp_path / "run2")])
+    assert not (tmp_path / "run2" / "transformer").exists()  # kept, not trained
+    assert again["transformer"]["val_loss"] == first["transformer"]["val_loss"]
+    assert (tmp_path / "run2" / "lm_quality.png").stat().st_size > 0
+    # Another recipe (here the precision) is a different experiment: trained anew.
+    lm_quality([a if a != "float32" else "bfloat16" for a in argv] + ["--out", str(tmp_path / "run3")])
+    assert (tmp_path / "run3" / "transformer" / "metrics.jsonl").is_file()

@@ -12,7 +12,8 @@ mixture of experts holds more parameters than it uses per token).
 Each system may have its own learning rate (``--lr 2e-3 yoco-gret=1e-3``), chosen by a short
 sweep. The command can be rerun: a system whose run already finished with the same recipe is
 kept, one that was interrupted resumes from its last checkpoint, so a budget of several hours
-can be spent across sittings.
+can be spent across sittings. With ``--results`` inside the repository, finished systems (their
+summary and metrics log, not their weights) survive a fresh clone as well.
 """
 
 import argparse
@@ -20,12 +21,14 @@ import json
 import statistics
 from pathlib import Path
 
+import torch
+
 from yoco.bench.environment import describe, environment
 from yoco.bench.report import update_section
 from yoco.models.registry import resolve
 from yoco.train import checkpoint as ckpt
 from yoco.train.config import load_config
-from yoco.train.loop import build_model, train
+from yoco.train.loop import autocast_bf16, build_model, train
 from yoco.train.plot import plot_run, read_metrics
 
 # Registry names (yoco.models.registry) and how the table labels them.
@@ -109,8 +112,20 @@ def main(argv: list[str] | None = None) -> dict:
         help="a learning rate for all, or system=rate for one (e.g. yoco-gret=1e-3)",
     )
     parser.add_argument("--seed", type=int, default=0, help="model initialisation and data order")
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "bfloat16", "float32"],
+        help="training precision; auto: bfloat16 autocast where native and faster, else float32",
+    )
     parser.add_argument("--systems", nargs="+", default=list(LABELS)[:3], choices=list(LABELS))
-    parser.add_argument("--out", default="runs/lm_quality")
+    parser.add_argument("--out", default="runs/lm_quality", help="training runs and checkpoints")
+    parser.add_argument(
+        "--results",
+        help="folder for each finished system's summary and metrics log (default: --out); inside "
+        "the repository it keeps finished systems across checkouts, so a comparison longer than "
+        "one sitting can be completed on a fresh clone",
+    )
     parser.add_argument(
         "--benchmarks-md", help="write the results into this Markdown file's lm_quality section"
     )
@@ -152,6 +167,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"data.seed={args.seed}",
             f"train.seed={args.seed}",
             f"train.batch_size={args.batch_size}",
+            f"train.dtype={args.dtype}",
             f"train.max_steps={args.steps}",
             f"optimizer.lr={rates[system]}",
             f"schedule.warmup_steps={max(1, args.steps // 20)}",
@@ -161,7 +177,8 @@ def main(argv: list[str] | None = None) -> dict:
             "checkpoint.keep_last=1",
         ]
         out = Path(args.out) / system
-        finished = out / "lm_quality.json"
+        kept = Path(args.results or args.out) / system
+        finished = kept / "lm_quality.json"
         print(
             f"== {LABELS[system]}: intermediate {fields['intermediate_size']}, {params:,} non-embedding "
             f"parameters, lr {rates[system]}"
@@ -174,6 +191,9 @@ def main(argv: list[str] | None = None) -> dict:
             resume = ckpt.latest_checkpoint(out / "checkpoints") is not None
             train(load_config(None, recipe), out, resume=resume)
             result = summarize(out, recipe)
+            if kept != out:
+                kept.mkdir(parents=True, exist_ok=True)
+                (kept / "metrics.jsonl").write_bytes((out / "metrics.jsonl").read_bytes())
             finished.write_text(json.dumps(result, indent=1))
         results[system] = dict(
             intermediate_size=fields["intermediate_size"],
@@ -181,7 +201,7 @@ def main(argv: list[str] | None = None) -> dict:
             lr=rates[system],
             **result,
         )
-        runs[LABELS[system]] = out
+        runs[LABELS[system]] = kept
     Path(args.out).mkdir(parents=True, exist_ok=True)
     plot_run(Path(args.out), runs=runs, out=Path(args.out) / "lm_quality.png", x="tokens")
     (Path(args.out) / "lm_quality.json").write_text(json.dumps(results, indent=1))
@@ -200,6 +220,12 @@ def main(argv: list[str] | None = None) -> dict:
     return results
 
 
+def training_precision(dtype: str) -> str:
+    """How ``train.dtype`` resolves on this machine's CPU, in words for the report."""
+    bf16 = dtype == "bfloat16" or (dtype == "auto" and autocast_bf16(torch.device("cpu")))
+    return "trained under bfloat16 autocast" if bf16 else "trained in float32"
+
+
 def report(results: dict, args, argv, environment: dict) -> str:
     baseline = results.get("transformer", {}).get("val_loss")
     rows = []
@@ -216,7 +242,7 @@ def report(results: dict, args, argv, environment: dict) -> str:
             describe(environment),
             f"Shape: hidden {args.hidden_size}, {args.layers} layers, {args.heads} heads, byte vocabulary, "
             f"sequence {args.seq_len}, batch {args.batch_size}, {args.steps} steps (cosine schedule, 5% warm-up), "
-            f"seed {args.seed}, SWA window {args.window}; bfloat16 autocast where native and faster, else float32. "
+            f"seed {args.seed}, SWA window {args.window}; {training_precision(args.dtype)}. "
             "Validation loss in nats per byte; minutes count training steps only.",
             "",
             "| model | non-embedding params | FFN width | lr | training tokens | val loss | vs Transformer "
