@@ -97,6 +97,8 @@ def test_lm_quality_matches_parameters_and_reports(tmp_path):
     assert "YOCO-gRet" in doc.read_text() and (tmp_path / "bench" / "lm_quality.png").exists()
     assert results["yoco-gret"]["lr"] == 1e-3 and results["yoco-swa"]["lr"] == 2e-3
     assert results["yoco-swa"]["tokens"] == 3 * 4 * 32
+    # Each row's machine is named: kept systems may come from another CPU than the others.
+    assert f"Trained on {results['yoco-swa']['trained_on']}: Transformer, YOCO-SWA" in doc.read_text()
 
     # Rerun: finished systems are kept, not trained again; a changed recipe trains anew.
     log = tmp_path / "q" / "yoco-swa" / "metrics.jsonl"

@@ -78,10 +78,11 @@ def learning_rates(values: list[str], systems: list[str]) -> dict[str, float]:
     return {s: rates.get(s, default) for s in systems}
 
 
-def summarize(out: Path, recipe: list[str]) -> dict:
+def summarize(out: Path, recipe: list[str], env: dict) -> dict:
     """The figures of a finished run, from its metrics log, so a resumed run counts all its
     steps; minutes are its tokens at the median logged rate (training steps only, without
-    evaluation, checkpoint writes or pauses)."""
+    evaluation, checkpoint writes or pauses). ``trained_on`` names the machine, since kept
+    systems may have been trained on another CPU than the rest of the table."""
     records = read_metrics(out)
     val = [r for r in records if "val_loss" in r]
     tokens_per_s = statistics.median(r["tokens_per_s"] for r in records)
@@ -92,6 +93,7 @@ def summarize(out: Path, recipe: list[str]) -> dict:
         tokens=records[-1]["tokens"],
         tokens_per_s=tokens_per_s,
         minutes=records[-1]["tokens"] / tokens_per_s / 60,
+        trained_on=f"{env['date']}, {env['cpu']} ({', '.join(env['cpu_flags']) or 'no bfloat16 instructions'})",
     )
 
 
@@ -190,7 +192,7 @@ def main(argv: list[str] | None = None) -> dict:
             # An interrupted run resumes (train refuses a checkpoint trained with another recipe).
             resume = ckpt.latest_checkpoint(out / "checkpoints") is not None
             train(load_config(None, recipe), out, resume=resume)
-            result = summarize(out, recipe)
+            result = summarize(out, recipe, env)
             if kept != out:
                 kept.mkdir(parents=True, exist_ok=True)
                 (kept / "metrics.jsonl").write_bytes((out / "metrics.jsonl").read_bytes())
@@ -249,5 +251,15 @@ def report(results: dict, args, argv, environment: dict) -> str:
             "| train loss (last 20 steps) | tokens/s | minutes |",
             "|---|---|---|---|---|---|---|---|---|---|",
             *rows,
+            "",
+            *trained_on_lines(results),
         ]
     )
+
+
+def trained_on_lines(results: dict) -> list[str]:
+    """Where each system was trained (its tokens/s and minutes are that machine's)."""
+    machines: dict[str, list[str]] = {}
+    for system, r in results.items():
+        machines.setdefault(r.get("trained_on", "not recorded"), []).append(LABELS[system])
+    return [f"Trained on {machine}: {', '.join(labels)}.  " for machine, labels in machines.items()]
