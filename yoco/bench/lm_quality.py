@@ -28,7 +28,7 @@ from yoco.bench.report import update_section
 from yoco.models.registry import resolve
 from yoco.train import checkpoint as ckpt
 from yoco.train.config import load_config
-from yoco.train.loop import autocast_bf16, build_model, train
+from yoco.train.loop import build_model, train, trains_in_bf16
 from yoco.train.plot import plot_run, read_metrics
 
 # Registry names (yoco.models.registry) and how the table labels them.
@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 def training_precision(dtype: str) -> str:
     """How ``train.dtype`` resolves on this machine's CPU, in words for the report."""
-    bf16 = dtype == "bfloat16" or (dtype == "auto" and autocast_bf16(torch.device("cpu")))
+    bf16 = trains_in_bf16(dtype, torch.device("cpu"))
     return "trained under bfloat16 autocast" if bf16 else "trained in float32"
 
 

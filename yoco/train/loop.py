@@ -86,6 +86,11 @@ def autocast_bf16(device: torch.device) -> bool:
     return device.type != "cpu" or not float32_products_are_faster()
 
 
+def trains_in_bf16(dtype: str, device: torch.device) -> bool:
+    """Whether ``train.dtype`` (``"auto"``, ``"bfloat16"`` or ``"float32"``) means bfloat16 autocast on ``device``."""
+    return dtype == "bfloat16" or (dtype == "auto" and autocast_bf16(device))
+
+
 def lr_at(step: int, cfg: RunConfig) -> float:
     """Linear warm-up to ``lr``, then cosine or linear decay to ``min_lr_ratio * lr``."""
     peak, schedule, total = cfg.optimizer.lr, cfg.schedule, cfg.train.max_steps
@@ -246,7 +251,7 @@ class Trainer:
         if state is not None:
             distributed.load_optimizer_state(self.wrapped, self.optimizer, state["optimizer"], d)
             torch.set_rng_state(state["rng"])
-        self.use_bf16 = t.dtype == "bfloat16" or (t.dtype == "auto" and autocast_bf16(d.device))
+        self.use_bf16 = trains_in_bf16(t.dtype, d.device)
 
     def validation_batches(self, val_stream) -> list[torch.Tensor]:
         """Fixed held-out batches; each process evaluates its own slice of each."""
