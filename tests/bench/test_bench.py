@@ -10,8 +10,10 @@ import transformers
 from yoco.bench import llamacpp
 from yoco.bench.command import main
 from yoco.bench.environment import describe, environment
-from yoco.bench.flops import Shape, cache_bytes, prefill_flops
+from yoco.bench.flops import Shape, cache_bytes, parameter_count, prefill_flops
+from yoco.bench.profile import QUICK_SHAPE
 from yoco.bench.report import update_section
+from yoco.bench.systems import build_model
 
 
 def test_quick_bench_measures_every_cell_and_writes_outputs(tmp_path):
@@ -112,6 +114,18 @@ def test_theoretical_ratios_match_the_issue_figures():
     per_token_transformer = cache_bytes("transformer", shape, 2, 2) - cache_bytes("transformer", shape, 1, 2)
     per_token_yoco = cache_bytes("yoco-gret", shape, 2, 2) - cache_bytes("yoco-gret", shape, 1, 2)
     assert per_token_transformer == 8 * per_token_yoco
+
+
+@pytest.mark.parametrize(
+    "system, norms_outside_layers", [("transformer", 1), ("hf-llama", 1), ("yoco-swa", 2), ("yoco-gret", 2)]
+)
+def test_the_analytic_parameter_count_is_the_built_models_but_its_last_norms(system, norms_outside_layers):
+    """What a decode step reads as weights, counted from the shape, against the model itself:
+    only the final norm (and YOCO's shared K/V norm) are left out, each ``hidden_size`` long."""
+    shape = QUICK_SHAPE
+    model = build_model(system, shape, torch.float32, 64)
+    built = sum(p.numel() for p in model.parameters()) - model.get_input_embeddings().weight.numel()
+    assert built - parameter_count(shape, system) == norms_outside_layers * shape.hidden_size
 
 
 def test_update_section_replaces_only_its_own_block(tmp_path):

@@ -180,6 +180,18 @@ def gated_retention_layer(x, w, heads, eps, tables, tau=GATE_TAU, trace=None):
 # --------------------------------------------------------------------------------------------
 
 
+def short_convolution(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """The library's short convolution (not in the paper): x_t + Σ_{j<K} w[:, K-1-j] ⊙ x_{t-j},
+    each channel mixed with its own last K values, zeros before the first position."""
+    kernel, n = w.shape[1], x.shape[1]
+    out = x.clone()
+    for j in range(kernel):
+        earlier = torch.zeros_like(x)
+        earlier[:, j:] = x[:, : n - j]
+        out = out + w[:, kernel - 1 - j] * earlier
+    return out
+
+
 def shared_kv(x, w, kv_heads, eps, tables):
     """§2.3: K̂ = LN(X^{L/2}) W_K, V̂ = LN(X^{L/2}) W_V, computed once; K̂ rotated when the
     cross-decoder has positions (``tables`` is None: no rotation, position-free)."""
@@ -255,6 +267,8 @@ def yoco_logits(config, state_dict: dict, input_ids: torch.Tensor, trace: dict |
     for i in range(config.num_self_decoder_layers):
         w = weights_under(state_dict, f"model.self_decoder.{i}.")
         h = rms_norm(x, w["input_layernorm"], eps)
+        if config.short_conv_size:
+            h = short_convolution(h, w["short_conv"])
         if config.self_decoder == "swa":
             mixer = weights_under(w, "self_attn.")
             h = sliding_window_attention_layer(

@@ -11,12 +11,13 @@ from tests.helpers import TINY, greedy_by_full_forward, prompt_of
 from yoco import generate
 from yoco.models import KINDS, PARTS, PRESETS, build, resolve
 from yoco.models.registry import config_fields
+from yoco.models.yoco import YocoConfig
 
 
 def applicable(kind: str, parts: tuple[str, ...]) -> bool:
     architecture, _ = resolve(kind)
     fields = {k for p in parts for k in PARTS[p]}
-    clashing = {"moe", "mhmoe"} <= set(parts)  # both set ffn_type
+    clashing = any({a, b} <= set(parts) for a, b in [("moe", "mhmoe"), ("conv", "noconv"), ("nope", "rope")])
     # Refused by YocoConfig, tested below: differential dilated attention; and on the controls
     # without a cross-decoder, a position-free cross-decoder or a differential one (gret-only).
     unsupported = (kind in ("yoco-dilated", "gret-only") and "diff" in parts) or (
@@ -61,7 +62,12 @@ def test_every_kind_is_combined_with_every_part_that_applies_to_it():
                 ("gret-only", "nope"),
             }
             yoco_kind = KINDS[kind][0] == "yoco"  # the yoco-* kinds and the -only controls
-            only_yoco = {"nope": kind.startswith("yoco-"), "conv": yoco_kind}  # parts of YocoConfig alone
+            only_yoco = {
+                "nope": kind.startswith("yoco-"),
+                "rope": yoco_kind,
+                "conv": yoco_kind,
+                "noconv": yoco_kind,
+            }  # parts of YocoConfig alone
             expected = only_yoco.get(part, True) and (kind, part) not in refused
             assert ((kind, (part,)) in built) == expected, (kind, part)
 
@@ -87,6 +93,19 @@ def test_an_option_that_does_not_belong_is_refused_by_name(name, fields, message
         build(name, **TINY, **fields)
 
 
+def test_a_kind_default_beyond_the_paper_has_a_part_that_gives_the_paper_model_back():
+    assert build("yoco-gret", **TINY).config.short_conv_size == 4
+    assert build("yoco-gret+noconv", **TINY).config.short_conv_size == 0  # the paper's YOCO-gRet
+    # The recall control is the kind without its cross-decoder, and nothing else.
+    control = build("gret-only", **TINY).config
+    assert control.short_conv_size == 4 and not control.cross_decoder
+    # The config class keeps the paper's defaults: a config.json saved without the field (as
+    # save_pretrained writes only fields that differ from the class defaults) loads unchanged.
+    assert YocoConfig().short_conv_size == 0
+    with pytest.raises(ValueError, match="contradicts the model name"):
+        build("yoco-gret", **TINY, short_conv_size=0)
+
+
 def test_presets_and_where_applicable_fields():
     model = build("transformer", "tiny", where_applicable={"sliding_window": 64})
     assert model.config.hidden_size == PRESETS["tiny"]["hidden_size"]
@@ -104,7 +123,7 @@ def test_the_controls_have_no_global_cache_and_decode_as_they_recompute(kind):
     assert body.shared_kv is None and len(body.cross_decoder) == 0
     assert len(body.self_decoder) == TINY["num_hidden_layers"]
     cache = model.new_cache(1, 64)
-    assert cache.shared_kv is None and len(cache.stores()) == TINY["num_hidden_layers"]
+    assert cache.shared_kv is None and len(cache.self_decoder) == TINY["num_hidden_layers"]
     prompts = [prompt_of(21, seed=1), prompt_of(5, seed=2)]
     expected = [greedy_by_full_forward(model, p, 6) for p in prompts]
     assert generate(model, prompts, 6, prefill_chunk_size=4) == expected

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from yoco.bench.lm_quality import learning_rates
+from yoco.bench.lm_quality import learning_rates, same_experiment
 from yoco.bench.lm_quality import main as lm_quality
 from yoco.cli import main
 from yoco.tokenizer import load_tokenizer
@@ -117,6 +117,18 @@ def test_lm_quality_learning_rates():
         learning_rates(["2e-3", "yoco-swa=1e-3"], systems)
     with pytest.raises(SystemExit, match="neither a number"):
         learning_rates(["fast"], systems)
+
+
+def test_lm_quality_knows_a_kept_result_by_its_model_not_its_name():
+    recipe = ['model.name="yoco-gret+conv"', "train.seed=0"]
+    model = {"architecture": "yoco", "self_decoder": "gret", "short_conv_size": 4}
+    kept = {"recipe": recipe, "model": model}
+    # The same model under another name (a kind whose default became this part): kept.
+    assert same_experiment(kept, ['model.name="yoco-gret"', "train.seed=0"], model)
+    # The same name meaning another model (a kind's default changed): trained anew.
+    assert not same_experiment(kept, recipe, {"architecture": "yoco", "self_decoder": "gret"})
+    assert not same_experiment(kept, ['model.name="yoco-gret+conv"', "train.seed=1"], model)
+    assert not same_experiment({"recipe": recipe}, recipe, model)  # what it trained is unknown
 
 
 def test_lm_quality_keeps_results_across_checkouts(tmp_path):

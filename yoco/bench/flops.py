@@ -2,7 +2,8 @@
 
 These give the *theoretical* ratios printed beside every measured one. Counts are
 multiply-accumulates x 2 (FLOPs) of the matrix products; element-wise work (norms, rotary,
-softmax, gates) is left out, as is usual, which is why no real run reaches the matmul peak.
+softmax, gates, the short convolution's K products per channel and token) is left out, as is
+usual, which is why no real run reaches the matmul peak.
 
 Conventions, matching what the engine runs:
 * prefill computes logits for the last position only (for every system, HF Llama included);
@@ -13,6 +14,8 @@ Conventions, matching what the engine runs:
 """
 
 from dataclasses import dataclass
+
+from yoco.models.registry import KINDS
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,11 @@ class Shape:
     def attention_proj_macs(self) -> int:
         d = self.hidden_size
         return 2 * d * d + 2 * d * self.kv_dim  # q, o + k, v
+
+
+def _short_conv_size(system: str) -> int:
+    """Width of the convolution before each self-decoder mixer that ``system``'s kind has (0: none)."""
+    return KINDS[system][1].get("short_conv_size", 0) if system in KINDS else 0
 
 
 def _attention_macs(shape: Shape, key_visits: int) -> int:
@@ -100,6 +108,8 @@ def cache_bytes(system: str, shape: Shape, n: int, bytes_per_element: int) -> in
         state = shape.self_layers * shape.num_attention_heads * shape.head_dim**2 * 4
     else:
         raise ValueError(f"unknown system {system!r}")
+    if kernel := _short_conv_size(system):  # its last K-1 inputs, in the model's dtype
+        state += shape.self_layers * (kernel - 1) * shape.hidden_size * bytes_per_element
     return state + kv_per_token * n
 
 
@@ -117,8 +127,9 @@ def parameter_count(shape: Shape, system: str) -> int:
     else:
         mixer = 5 * d * d + d * shape.num_attention_heads
     cross = 2 * d * d
+    conv = d * _short_conv_size(system)
     return (
-        shape.self_layers * (mixer + shape.ffn_macs() + norms)
+        shape.self_layers * (mixer + conv + shape.ffn_macs() + norms)
         + 2 * d * shape.kv_dim
         + shape.cross_layers * (cross + shape.ffn_macs() + norms)
         + d * shape.vocab_size

@@ -39,7 +39,8 @@ LABELS = {
     "yoco-swa+diff": "Diff-YOCO-SWA",
     "yoco-gret+mhmoe": "YOCO-gRet + MH-MoE",
     "yoco-swa+nope": "YOCO-SWA, position-free cross-decoder",
-    "yoco-gret+conv": "YOCO-gRet + short convolution",
+    "yoco-swa+rope": "YOCO-SWA, rotary cross-decoder",
+    "yoco-gret+noconv": "YOCO-gRet without its short convolution (the paper's)",
 }
 
 
@@ -76,6 +77,16 @@ def learning_rates(values: list[str], systems: list[str]) -> dict[str, float]:
     if missing:
         raise SystemExit(f"--lr: no learning rate for {', '.join(missing)}")
     return {s: rates.get(s, default) for s in systems}
+
+
+def same_experiment(result: dict, recipe: list[str], model: dict) -> bool:
+    """Whether a finished ``result`` trained what ``recipe`` would. A registry name is only a
+    label: what it stands for (``model``: the architecture and fields the name resolves to) is
+    compared instead, so a result stays valid under a new name for the same model and is
+    retrained when a kind's defaults change what its name means."""
+    unnamed = [line for line in recipe if not line.startswith("model.name=")]
+    kept = [line for line in result["recipe"] if not line.startswith("model.name=")]
+    return kept == unnamed and result.get("model") == model
 
 
 def summarize(out: Path, recipe: list[str], env: dict) -> dict:
@@ -148,7 +159,8 @@ def main(argv: list[str] | None = None) -> dict:
     results, runs = {}, {}
     for system in args.systems:
         fields = {"name": system, **shape}
-        _, named = resolve(system)
+        architecture, named = resolve(system)
+        model = {"architecture": architecture, **named}
         if named.get("self_decoder") == "swa":
             fields["sliding_window"] = args.window
         if system == "transformer":
@@ -186,13 +198,13 @@ def main(argv: list[str] | None = None) -> dict:
             f"parameters, lr {rates[system]}"
         )
         result = json.loads(finished.read_text()) if finished.is_file() else None
-        if result is not None and result["recipe"] == recipe:
+        if result is not None and same_experiment(result, recipe, model):
             print(f"   finished earlier with this recipe, kept: {finished}")
         else:
             # An interrupted run resumes (train refuses a checkpoint trained with another recipe).
             resume = ckpt.latest_checkpoint(out / "checkpoints") is not None
             train(load_config(None, recipe), out, resume=resume)
-            result = summarize(out, recipe, env)
+            result = {**summarize(out, recipe, env), "model": model}
             if kept != out:
                 kept.mkdir(parents=True, exist_ok=True)
                 (kept / "metrics.jsonl").write_bytes((out / "metrics.jsonl").read_bytes())
