@@ -22,7 +22,8 @@ TINY = dict(
     max_position_embeddings=512,
 )
 
-MODEL_KINDS = ("transformer", "yoco-swa", "yoco-gret", "yoco-retention", "retnet")
+# yoco-gret+noconv: the paper's YOCO-gRet, which YocoConfig's own defaults build.
+MODEL_KINDS = ("transformer", "yoco-swa", "yoco-gret", "yoco-gret+noconv", "yoco-retention", "retnet")
 
 
 def tiny_model(kind: str, **overrides) -> torch.nn.Module:

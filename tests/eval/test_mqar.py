@@ -109,6 +109,17 @@ def test_mqar_command_keeps_finished_rows_and_writes_the_table(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "run" / "mqar.jsonl").read_text().splitlines()]
     assert [r["vocab_size"] for r in rows] == [32, 48]
     assert "(32, 2), vocab 48" in (tmp_path / "run" / "mqar.md").read_text()
+    # A row whose model name meant another model when it was trained (a kind's defaults have
+    # changed since) is not reused.
+    jsonl = tmp_path / "run" / "mqar.jsonl"
+    jsonl.write_text(
+        first.replace('"model_identity": {"architecture": "transformer"}', '"model_identity": {}')
+    )
+    main(options)
+    assert [json.loads(line)["model_identity"] for line in jsonl.read_text().splitlines()] == [
+        {},
+        {"architecture": "transformer"},
+    ]
 
 
 @pytest.mark.parametrize("entry", ["32", "32:2:4:1", "32:x", "0:2"])

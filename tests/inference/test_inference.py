@@ -291,11 +291,11 @@ def test_bf16_cached_logits_track_fp32(model_kind):
     with torch.no_grad():
         for t in range(20, 30):
             steps.append(low(ids[:, t : t + 1], cache=cache).logits[0, 0].float())
-    # Measured: at most 0.084 of the logits' spread (yoco-retention; 0.04-0.08 for the other
-    # kinds; the bf16 full forward alone is 0.03-0.10 off). Tolerance 3x, relative to the spread.
-    # Dropping the oldest cached key on decode steps moves them by 0.4-1.3 spreads (yoco-gret
-    # 0.15: there the fp32 comparisons above catch it); unsharpened, with the old 0.03 + 5%, no
-    # kind caught it.
+    # Measured: at most 0.113 of the logits' spread (yoco-gret; 0.04-0.084 for the other kinds,
+    # 0.053 for yoco-gret without its convolution; the bf16 full forward alone is 0.03-0.10 off).
+    # Tolerance 2.2x, relative to the spread. Dropping the oldest cached key on decode steps
+    # moves them by 0.4-1.3 spreads (yoco-gret without its convolution 0.15: there the fp32
+    # comparisons above catch it); unsharpened, with the old 0.03 + 5%, no kind caught it.
     torch.testing.assert_close(torch.stack(steps), reference, atol=0.25 * float(reference.std()), rtol=0)
 
 

@@ -190,7 +190,8 @@ def test_cached_prefill_and_steps_equal_the_full_forward(kind, chunk):
         last, cache = yoco.prefill(model, ids[:, :20], chunk_size=chunk)
         steps = [model(ids[:, t : t + 1], cache=cache).logits for t in range(20, ids.shape[1])]
     # Logits of spread (std) 0.11; max difference measured over the kinds and chunks: prefill
-    # 4.0e-7, steps 1.1e-6 (yoco-gret, chunk 1). Bound 3x.
+    # 4.0e-7, steps 1.1e-6 (yoco-gret without its short convolution, chunk 1; 9.4e-7 with it).
+    # Bound 3x.
     torch.testing.assert_close(last, full[:, 19], atol=3e-6, rtol=0)
     torch.testing.assert_close(torch.cat(steps, dim=1), full[:, 20:], atol=3e-6, rtol=0)
     # Packed pairs: the cache holds exactly the bytes of the softmax baseline's.
@@ -213,8 +214,8 @@ def test_generation_of_unequal_prompts_equals_single_runs_and_full_recompute(kin
     assert ids[len(prompts[-1]) :] == singles[-1]
 
 
-# Max |bf16 cached - fp32| on logits of spread (std) 0.11-0.12, max |logit| 0.3-0.4: transformer
-# 2.7e-3, yoco-swa 3.1e-3, yoco-gret 3.5e-3. Bounds: 3x those.
+# Max |bf16 cached - fp32| on logits of spread (std) 0.11-0.13, max |logit| 0.3-0.45: transformer
+# 2.7e-3, yoco-swa 3.1e-3, yoco-gret 4.3e-3 (3.5-3.9e-3 without its convolution). Bounds: 2.5-3x.
 BF16_TOLERANCE = {"transformer": 8e-3, "yoco-swa": 9.5e-3, "yoco-gret": 1.05e-2}
 
 

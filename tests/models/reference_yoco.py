@@ -12,7 +12,9 @@ file follows the library's documented convention and says so:
   * rotary uses Llama's rotate-half layout with frequencies θ^(-2i/d) (the official code
     rotates interleaved pairs with frequencies θ^(-linspace(0, 1, d/2)));
   * the SWA self-decoder's keys/values use ``num_key_value_heads`` (grouped-query attention);
-    the official SWA layer has full key/value heads (identical when the two counts are equal).
+    the official SWA layer has full key/value heads (identical when the two counts are equal);
+  * ``short_conv_size`` > 0 adds a short causal convolution before each self-decoder mixer,
+    which neither the paper nor the official code has (the ``yoco-gret`` kind's default).
 
 Shapes: x (B, N, hidden); per-head tensors (B, heads, N, d). Linear weights are in torch's
 (out, in) layout, so a projection is ``x @ W.T``.
@@ -187,7 +189,7 @@ def short_convolution(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     out = x.clone()
     for j in range(kernel):
         earlier = torch.zeros_like(x)
-        earlier[:, j:] = x[:, : n - j]
+        earlier[:, j:] = x[:, : max(n - j, 0)]
         out = out + w[:, kernel - 1 - j] * earlier
     return out
 

@@ -17,7 +17,9 @@ from yoco.models.yoco import YocoConfig
 def applicable(kind: str, parts: tuple[str, ...]) -> bool:
     architecture, _ = resolve(kind)
     fields = {k for p in parts for k in PARTS[p]}
-    clashing = any({a, b} <= set(parts) for a, b in [("moe", "mhmoe"), ("conv", "noconv"), ("nope", "rope")])
+    clashing = any(
+        {a, b} <= set(parts) for a, b in [("moe", "mhmoe"), ("conv", "noconv"), ("nope", "crosspos")]
+    )
     # Refused by YocoConfig, tested below: differential dilated attention; and on the controls
     # without a cross-decoder, a position-free cross-decoder or a differential one (gret-only).
     unsupported = (kind in ("yoco-dilated", "gret-only") and "diff" in parts) or (
@@ -64,7 +66,7 @@ def test_every_kind_is_combined_with_every_part_that_applies_to_it():
             yoco_kind = KINDS[kind][0] == "yoco"  # the yoco-* kinds and the -only controls
             only_yoco = {
                 "nope": kind.startswith("yoco-"),
-                "rope": yoco_kind,
+                "crosspos": yoco_kind,
                 "conv": yoco_kind,
                 "noconv": yoco_kind,
             }  # parts of YocoConfig alone
@@ -99,11 +101,19 @@ def test_a_kind_default_beyond_the_paper_has_a_part_that_gives_the_paper_model_b
     # The recall control is the kind without its cross-decoder, and nothing else.
     control = build("gret-only", **TINY).config
     assert control.short_conv_size == 4 and not control.cross_decoder
+    # A default is not part of the name: a config field overrides it, a part's field does not.
+    assert build("yoco-gret", **TINY, short_conv_size=3).config.short_conv_size == 3
+    with pytest.raises(ValueError, match="short_conv_size=3 contradicts the model name 'yoco-gret\\+noconv'"):
+        build("yoco-gret+noconv", **TINY, short_conv_size=3)
     # The config class keeps the paper's defaults: a config.json saved without the field (as
     # save_pretrained writes only fields that differ from the class defaults) loads unchanged.
     assert YocoConfig().short_conv_size == 0
-    with pytest.raises(ValueError, match="contradicts the model name"):
-        build("yoco-gret", **TINY, short_conv_size=0)
+
+
+@pytest.mark.parametrize("name", ["yoco-gret+conv+noconv", "yoco-swa+nope+crosspos", "transformer+moe+mhmoe"])
+def test_parts_that_set_one_field_differently_are_refused(name):
+    with pytest.raises(ValueError, match="contradict each other"):
+        build(name, **TINY)
 
 
 def test_presets_and_where_applicable_fields():

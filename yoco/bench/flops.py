@@ -15,7 +15,7 @@ Conventions, matching what the engine runs:
 
 from dataclasses import dataclass
 
-from yoco.models.registry import KINDS
+from yoco.models.registry import resolve
 
 
 @dataclass(frozen=True)
@@ -54,8 +54,8 @@ class Shape:
 
 
 def _short_conv_size(system: str) -> int:
-    """Width of the convolution before each self-decoder mixer that ``system``'s kind has (0: none)."""
-    return KINDS[system][1].get("short_conv_size", 0) if system in KINDS else 0
+    """Width of the convolution before each self-decoder mixer that ``system`` has (0: none)."""
+    return 0 if system == "hf-llama" else resolve(system)[1].get("short_conv_size", 0)
 
 
 def _attention_macs(shape: Shape, key_visits: int) -> int:

@@ -25,7 +25,7 @@ import torch
 
 from yoco.bench.environment import describe, environment
 from yoco.bench.report import update_section
-from yoco.models.registry import resolve
+from yoco.models.registry import model_identity, resolve
 from yoco.train import checkpoint as ckpt
 from yoco.train.config import load_config
 from yoco.train.loop import build_model, train, trains_in_bf16
@@ -39,7 +39,7 @@ LABELS = {
     "yoco-swa+diff": "Diff-YOCO-SWA",
     "yoco-gret+mhmoe": "YOCO-gRet + MH-MoE",
     "yoco-swa+nope": "YOCO-SWA, position-free cross-decoder",
-    "yoco-swa+rope": "YOCO-SWA, rotary cross-decoder",
+    "yoco-swa+crosspos": "YOCO-SWA, rotary cross-decoder",
     "yoco-gret+noconv": "YOCO-gRet without its short convolution (the paper's)",
 }
 
@@ -159,8 +159,8 @@ def main(argv: list[str] | None = None) -> dict:
     results, runs = {}, {}
     for system in args.systems:
         fields = {"name": system, **shape}
-        architecture, named = resolve(system)
-        model = {"architecture": architecture, **named}
+        _, named = resolve(system)
+        model = model_identity(system)
         if named.get("self_decoder") == "swa":
             fields["sliding_window"] = args.window
         if system == "transformer":

@@ -52,6 +52,7 @@ def run_mqar(args, argv: list[str] | None) -> None:
     """Train every (setting, width, model) probe; finished rows are kept in OUT/mqar.jsonl and
     reused when the same command is run again, so an interrupted grid resumes."""
     from yoco.eval.mqar import plot_loss_curves, train_recall
+    from yoco.models.registry import model_identity
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -71,7 +72,10 @@ def run_mqar(args, argv: list[str] | None) -> None:
         for hidden in args.widths:
             for kind, seed in itertools.product(args.models, args.seeds):
                 setting = dict(seq_len=seq_len, num_pairs=pairs, vocab_size=vocab, seed=seed)
-                key = dict(model=kind, hidden=hidden, **setting, **recipe)
+                # The fields the name stands for too: a kind whose defaults changed trains anew.
+                key = dict(
+                    model=kind, model_identity=model_identity(kind), hidden=hidden, **setting, **recipe
+                )
                 row = next((r for r in done if all(r.get(k) == v for k, v in key.items())), None)
                 if row is None:
                     row = {**train_recall(kind, seq_len, pairs, hidden, vocab, seed=seed, **recipe), **key}

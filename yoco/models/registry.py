@@ -4,15 +4,19 @@ A model name is a *kind*, optionally followed by *part* suffixes joined with ``+
 
 * kinds: ``transformer``, ``yoco-swa``, ``yoco-gret``, ``yoco-retention``, ``yoco-dilated``,
   ``retnet``, and the controls ``swa-only`` / ``gret-only`` (a YOCO without its cross-decoder:
-  the self-decoder mixer in every layer); each is an *architecture* (the config and model classes) plus fixed fields;
+  the self-decoder layer in every layer); each is an *architecture* (the config and model
+  classes) plus the fields that define it;
 * parts: ``diff`` (differential attention), ``moe`` / ``mhmoe`` (mixture of experts),
-  ``nope`` / ``rope`` (a position-free cross-decoder, or a rotary one; YOCO only), ``xpos``, ``bitnet``, ``conv`` /
-  ``noconv`` (a short convolution before each self-decoder mixer, or none; YOCO only); each
-  is a set of config fields, applied after the kind's. ``yoco-swa+diff`` is Diff-YOCO with SWA.
+  ``nope`` / ``crosspos`` (a cross-decoder without positions, or with the model's own;
+  YOCO only), ``xpos``, ``bitnet``, ``conv`` / ``noconv`` (a short convolution before each
+  self-decoder mixer, or none; YOCO only); each is a set of config fields, applied after the
+  kind's. Two parts that set one field differently are refused. ``yoco-swa+diff`` is Diff-YOCO
+  with SWA.
 
 Where our measurements showed a YOCO kind learning better with an option the paper's model
-lacks, the kind has it by default (``SELF_DECODER_DEFAULTS``) and a part gives the paper's
-model back: ``yoco-gret`` has a short convolution, ``yoco-gret+noconv`` is the paper's YOCO-gRet.
+lacks, the kind has it by default (``SELF_DECODER_DEFAULTS``): ``yoco-gret`` and its control
+``gret-only`` have a short convolution. A default is not part of the name: a config field
+overrides it, and a part gives the paper's model back (``yoco-gret+noconv``).
 
 :func:`build` makes a freshly initialised model from a name, an optional named preset shape
 and any config fields. A field the kind's config does not have is refused with its name,
@@ -20,6 +24,7 @@ never dropped (``PretrainedConfig`` would otherwise keep it as an unused attribu
 """
 
 import dataclasses
+import json
 
 from yoco.models.retnet import RetNetConfig, RetNetForCausalLM
 from yoco.models.transformer import TransformerConfig, TransformerForCausalLM
@@ -31,28 +36,25 @@ ARCHITECTURES = {
     "yoco": (YocoConfig, YocoForCausalLM),
     "retnet": (RetNetConfig, RetNetForCausalLM),
 }
-# Fields a YOCO kind adds to its self-decoder choice. gRet: a width-4 causal convolution before
-# the retention. With it YOCO-gRet learned multi-query recall at both settings of
-# docs/EVALUATION.md at every seed tried (without it: 5.9% at the harder one) and reached a
-# 7.5% lower validation loss on the embedded corpus after 1M tokens (docs/BENCHMARKS.md).
+# What a YOCO kind has by default beyond the paper's model, by self-decoder. gRet: a width-4
+# causal convolution before the retention. With it YOCO-gRet learned multi-query recall at both
+# settings of docs/EVALUATION.md at all three seeds (without it, one seed: 5.9% at the harder
+# one) and reached a 7.5% lower validation loss on the embedded corpus after 1M tokens
+# (docs/BENCHMARKS.md).
 SELF_DECODER_DEFAULTS = {"gret": {"short_conv_size": 4}}
 KINDS = {
     "transformer": ("transformer", {}),
-    **{
-        f"yoco-{name}": ("yoco", {"self_decoder": name, **SELF_DECODER_DEFAULTS.get(name, {})})
-        for name in SELF_DECODERS
-    },
+    **{f"yoco-{name}": ("yoco", {"self_decoder": name}) for name in SELF_DECODERS},
     "retnet": ("retnet", {}),
     # Controls for recall: the YOCO kind's self-decoder layer in every layer, no global cache.
-    "swa-only": ("yoco", {"self_decoder": "swa", "cross_decoder": False}),
-    "gret-only": ("yoco", {"self_decoder": "gret", "cross_decoder": False, **SELF_DECODER_DEFAULTS["gret"]}),
+    **{f"{name}-only": ("yoco", {"self_decoder": name, "cross_decoder": False}) for name in ("swa", "gret")},
 }
 PARTS = {
     "diff": {"attention_type": "differential"},
     "moe": {"ffn_type": "moe", "num_experts": 4, "num_experts_per_tok": 2},
     "mhmoe": {"ffn_type": "mhmoe", "num_experts": 4, "num_experts_per_tok": 2, "mhmoe_heads": 2},
     "nope": {"cross_decoder_positions": False},
-    "rope": {"cross_decoder_positions": True},
+    "crosspos": {"cross_decoder_positions": True},
     "xpos": {"position_embedding": "xpos"},
     "bitnet": {"bitnet": True},
     "conv": {"short_conv_size": 4},
@@ -86,9 +88,15 @@ def config_fields(architecture: str) -> frozenset[str]:
     return frozenset(f.name for f in dataclasses.fields(ARCHITECTURES[architecture][0]))
 
 
-def resolve(name: str) -> tuple[str, dict]:
-    """``"yoco-swa+diff"`` -> ``("yoco", {"self_decoder": "swa", "attention_type": ...})``:
-    the architecture and the config fields the name stands for."""
+def kind_defaults(kind: str) -> dict:
+    """The fields ``kind`` has by default (``SELF_DECODER_DEFAULTS``); config fields override them."""
+    architecture, fields = KINDS[kind]
+    return dict(SELF_DECODER_DEFAULTS.get(fields.get("self_decoder"), {})) if architecture == "yoco" else {}
+
+
+def named_fields(name: str) -> tuple[str, str, dict]:
+    """``"yoco-swa+diff"`` -> ``("yoco-swa", "yoco", {"self_decoder": "swa", "attention_type": ...})``:
+    the kind, its architecture and the fields the name fixes (the kind's and its parts')."""
     kind, *parts = name.split("+")
     if kind not in KINDS:
         raise ValueError(f"unknown model kind {kind!r} in {name!r}; kinds: {', '.join(KINDS)}")
@@ -96,11 +104,31 @@ def resolve(name: str) -> tuple[str, dict]:
     if unknown:
         raise ValueError(f"unknown part {unknown[0]!r} in {name!r}; parts: {', '.join(PARTS)}")
     architecture, fields = KINDS[kind]
-    fields = dict(fields)
+    fields, set_by = dict(fields), {}
     for part in parts:
-        fields.update(PARTS[part])
+        for field, value in PARTS[part].items():
+            if field in set_by and fields[field] != value:
+                raise ValueError(
+                    f"parts {set_by[field]!r} and {part!r} of {name!r} contradict each other ({field})"
+                )
+            fields[field], set_by[field] = value, part
     check_fields(architecture, fields, name)
-    return architecture, fields
+    return kind, architecture, fields
+
+
+def resolve(name: str) -> tuple[str, dict]:
+    """``"yoco-gret+diff"`` -> ``("yoco", {"short_conv_size": 4, "self_decoder": "gret", ...})``:
+    the architecture and every field the name stands for, the kind's defaults included."""
+    kind, architecture, fields = named_fields(name)
+    return architecture, {**kind_defaults(kind), **fields}
+
+
+def model_identity(name: str) -> dict:
+    """What ``name`` builds, as JSON data: the architecture and every field the name stands for.
+    Stored beside a finished result, it lets a command reuse the result while the name still
+    means that model, and train again once a kind's defaults change what the name means."""
+    architecture, fields = resolve(name)
+    return json.loads(json.dumps({"architecture": architecture, **fields}))
 
 
 def check_fields(architecture: str, fields: dict, name: str | None = None) -> None:
@@ -120,11 +148,12 @@ def build_config(architecture: str, fields: dict, name: str | None = None):
 
 
 def model_config(name: str, preset: str | None = None, where_applicable: dict | None = None, **fields):
-    """The config :func:`build` initialises a model from: ``name`` (kind and parts), then the
-    ``preset`` shape, then ``fields``, each overriding the one before. ``where_applicable``
+    """The config :func:`build` initialises a model from: the kind's defaults, the ``preset``
+    shape, then ``fields``, each overriding the one before; the fields ``name`` fixes (its kind's
+    and parts') cannot be overridden. ``where_applicable``
     holds fields given only to the kinds whose config has them, for commands that compare kinds
     (a sliding window for the SWA kinds, say); every other field must belong to the kind."""
-    architecture, named = resolve(name)
+    kind, architecture, named = named_fields(name)
     if preset is not None and preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
     known = config_fields(architecture)
@@ -133,7 +162,7 @@ def model_config(name: str, preset: str | None = None, where_applicable: dict | 
     clash = sorted(k for k in set(named) & set(fields) if named[k] != fields[k])
     if clash:
         raise ValueError(f"{clash[0]}={fields[clash[0]]!r} contradicts the model name {name!r}")
-    return build_config(architecture, {**fields, **named}, name)
+    return build_config(architecture, {**kind_defaults(kind), **fields, **named}, name)
 
 
 def model_from_config(config):

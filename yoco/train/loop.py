@@ -125,6 +125,8 @@ def param_groups(model, weight_decay: float) -> list[dict]:
 
 def check_resume_shape(saved: dict, model) -> None:
     current = model.config.to_dict()
+    # config.json holds only the fields that differ from the class defaults (save_pretrained).
+    saved = {**type(model.config)().to_dict(), **saved}
     differing = [
         k
         for k in (
@@ -137,6 +139,8 @@ def check_resume_shape(saved: dict, model) -> None:
             "num_key_value_heads",
             "self_decoder",
             "num_self_decoder_layers",
+            "cross_decoder",
+            "short_conv_size",
         )
         if saved.get(k) != current.get(k)
     ]
