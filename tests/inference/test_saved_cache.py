@@ -57,7 +57,7 @@ def saved(tmp_path):
     "other, message",
     [
         (lambda: tiny_model("yoco-gret", num_hidden_layers=2), "num_hidden_layers is 4 there and 2 here"),
-        (lambda: tiny_model("yoco-swa"), "self_decoder is 'gret' there and 'swa' here"),
+        (lambda: tiny_model("yoco-swa+crosspos"), "self_decoder is 'gret' there and 'swa' here"),
         (lambda: tiny_model("transformer"), "model_type is 'yoco' there and 'yoco_transformer' here"),
         (
             lambda: tiny_model("yoco-gret").to(torch.bfloat16),
