@@ -452,3 +452,11 @@ def test_learning_rate_schedule_by_hand(decay):
     assert lr_at(14, cfg) == pytest.approx(halfway, rel=1e-12)
     assert lr_at(9, cfg) == pytest.approx(quarter[decay], rel=1e-12)
     assert lr_at(24, cfg) == pytest.approx(1e-3 if decay == "constant" else 1e-4, rel=1e-12)
+
+
+def test_the_plotted_training_loss_is_a_trailing_mean():
+    from yoco.train.plot import trailing_mean
+
+    assert trailing_mean([4.0, 2.0, 6.0, 0.0], 2) == [4.0, 3.0, 4.0, 3.0]
+    assert trailing_mean([4.0, 2.0, 6.0], 1) == [4.0, 2.0, 6.0]
+    assert trailing_mean([4.0, 2.0], 5) == [4.0, 3.0]  # fewer values than the window: their mean

@@ -11,6 +11,14 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def trailing_mean(values: list[float], window: int) -> list[float]:
+    """Each value replaced by the mean of it and up to ``window - 1`` values before it."""
+    sums = [0.0]
+    for v in values:
+        sums.append(sums[-1] + v)
+    return [(sums[i + 1] - sums[max(0, i + 1 - window)]) / min(window, i + 1) for i in range(len(values))]
+
+
 def plot_run(
     run_dir: Path, runs: dict[str, Path] | None = None, out: Path | None = None, x: str = "step"
 ) -> Path:
@@ -26,8 +34,16 @@ def plot_run(
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label, path in runs.items():
         records = read_metrics(path)
+        # Batch-to-batch noise would hide the runs behind each other: the training loss is
+        # drawn as a trailing mean over about a fiftieth of the run.
+        window = max(1, len(records) // 50)
+        train = f"{label} train" + (f" (mean of {window} steps)" if window > 1 else "")
         (line,) = ax.plot(
-            [r[x] / scale for r in records], [r["loss"] for r in records], alpha=0.6, label=f"{label} train"
+            [r[x] / scale for r in records],
+            trailing_mean([r["loss"] for r in records], window),
+            alpha=0.5,
+            linewidth=1,
+            label=train,
         )
         val = [r for r in records if "val_loss" in r]
         if val:
