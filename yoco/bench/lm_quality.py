@@ -38,7 +38,6 @@ LABELS = {
     "yoco-gret": "YOCO-gRet",
     "yoco-swa+diff": "Diff-YOCO-SWA",
     "yoco-gret+mhmoe": "YOCO-gRet + MH-MoE",
-    "yoco-swa+nope": "YOCO-SWA, position-free cross-decoder",
     "yoco-swa+crosspos": "YOCO-SWA with a rotary cross-decoder (the paper's)",
     "yoco-gret+noconv": "YOCO-gRet without its short convolution (the paper's)",
 }
