@@ -17,8 +17,11 @@ from yoco.models.yoco import YocoConfig
 def applicable(kind: str, parts: tuple[str, ...]) -> bool:
     architecture, _ = resolve(kind)
     fields = {k for p in parts for k in PARTS[p]}
+    # Two parts setting one field differently: refused, tested below.
     clashing = any(
-        {a, b} <= set(parts) for a, b in [("moe", "mhmoe"), ("conv", "noconv"), ("nope", "crosspos")]
+        PARTS[a][f] != PARTS[b][f]
+        for a, b in itertools.combinations(parts, 2)
+        for f in PARTS[a].keys() & PARTS[b].keys()
     )
     # Refused by YocoConfig, tested below: differential dilated attention; and on the controls
     # without a cross-decoder, a position-free cross-decoder or a differential one (gret-only).
