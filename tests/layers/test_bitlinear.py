@@ -223,8 +223,7 @@ def test_bitnet_cached_decoding_equals_full_forward(kind):
         steps = torch.cat([model(ids[:, t : t + 1], cache=cache).logits for t in range(20, 30)], 1)
     # Sharpened attention, logits of spread (std) 0.11, max |logit| 0.37-0.46: measured
     # transformer 6.0e-8, yoco-swa 6.0e-8 (8.9e-8 with a rotary cross-decoder), yoco-gret 6.0e-8
-    # (7.5e-8 without its convolution),
-    # yoco-retention 6.0e-8, retnet 8.9e-8.
+    # (7.5e-8 without its convolution), yoco-retention 6.0e-8, retnet 8.9e-8.
     # Bound: 3x the largest.
     torch.testing.assert_close(steps, full, atol=2.7e-7, rtol=0)
 

@@ -1,5 +1,6 @@
 """Loss curves from a run's metrics.jsonl (`yoco plot DIR`, and at the end of training)."""
 
+import itertools
 import json
 from pathlib import Path
 
@@ -13,9 +14,7 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 def trailing_mean(values: list[float], window: int) -> list[float]:
     """Each value replaced by the mean of it and up to ``window - 1`` values before it."""
-    sums = [0.0]
-    for v in values:
-        sums.append(sums[-1] + v)
+    sums = [0.0, *itertools.accumulate(values)]
     return [(sums[i + 1] - sums[max(0, i + 1 - window)]) / min(window, i + 1) for i in range(len(values))]
 
 
