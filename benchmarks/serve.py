@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.serve.test_serve import start, stop  # noqa: E402  (the tests' way to run a server in-process)
 from yoco.bench.environment import describe, environment  # noqa: E402
 from yoco.bench.profile import DEFAULT_SHAPE, QUICK_SHAPE  # noqa: E402
-from yoco.bench.report import LABELS  # noqa: E402
+from yoco.bench.report import label  # noqa: E402
 from yoco.bench.systems import build_model  # noqa: E402
 
 
@@ -166,7 +166,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for system, r in rows:
         print(
-            f"| {LABELS[system]} | {r['requests_per_min']:.1f} | {r['tokens_per_s']:.1f} | {r['ttft_p50']:.2f} "
+            f"| {label(system)} | {r['requests_per_min']:.1f} | {r['tokens_per_s']:.1f} | {r['ttft_p50']:.2f} "
             f"| {r['ttft_p99']:.2f} | {r['most_running']} | {r['peak_rss_gib']:.2f} "
             f"| {r['prefix_off']:.2f} / {r['prefix_on']:.2f} ({r['prefix_off'] / r['prefix_on']:.1f}x) |"
         )

@@ -37,6 +37,28 @@ def test_quick_bench_measures_every_cell_and_writes_outputs(tmp_path):
     assert f"Python {platform.python_version()}" in text and env["cpu"] in text and env["date"] in text
 
 
+def test_quick_bench_takes_a_registry_name_and_counts_its_costs(tmp_path):
+    """The paper's YOCO-gRet (no convolution) beside today's: each one's measured cache is its
+    analytic count, which differs by exactly the convolution's state, and the report labels it."""
+    out = tmp_path / "bench"
+    argv = ["--quick", "--lengths", "64", "--dtypes", "float32", "--out", str(out), "--no-progress"]
+    main([*argv, "--systems", "yoco-gret+noconv", "yoco-gret", "transformer"])
+    cells = {c["system"]: c for c in json.loads((out / "profile.json").read_text())["cells"]}
+    for cell in cells.values():
+        assert cell["cache_bytes"] == cell["theory_cache_bytes"], cell
+    conv_state = QUICK_SHAPE.self_layers * 3 * QUICK_SHAPE.hidden_size * 4  # K-1 inputs, float32
+    assert cells["yoco-gret"]["cache_bytes"] - cells["yoco-gret+noconv"]["cache_bytes"] == conv_state
+    report = (out / "profile.md").read_text()
+    assert "YOCO-gRet+noconv vs Transformer" in report and "YOCO-gRet vs Transformer" in report
+
+
+@pytest.mark.parametrize("name", ["yoco-swa+diff", "swa-only", "transformer+xpos", "retnet", "llama"])
+def test_bench_refuses_a_model_its_cost_model_does_not_describe(name, capsys):
+    with pytest.raises(SystemExit):
+        main(["--quick", "--systems", name])
+    assert name in capsys.readouterr().err
+
+
 def test_long_bench_quick_measures_yoco_and_an_int8_cache_and_extrapolates_the_transformer(tmp_path):
     doc = tmp_path / "BENCHMARKS.md"
     doc.write_text("# Benchmarks\n")
@@ -117,7 +139,9 @@ def test_theoretical_ratios_match_the_issue_figures():
 
 
 @pytest.mark.parametrize(
-    "system, norms_outside_layers", [("transformer", 1), ("hf-llama", 1), ("yoco-swa", 2), ("yoco-gret", 2)]
+    "system, norms_outside_layers",
+    [(s, 1) for s in ("transformer", "hf-llama")]
+    + [(s, 2) for s in ("yoco-swa", "yoco-gret", "yoco-swa+crosspos", "yoco-gret+noconv")],
 )
 def test_the_analytic_parameter_count_is_the_built_models_but_its_last_norms(system, norms_outside_layers):
     """What a decode step reads as weights, counted from the shape, against the model itself:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from yoco.bench import long, report
 from yoco.bench.profile import DTYPES, run
-from yoco.bench.systems import SYSTEMS
+from yoco.bench.systems import SYSTEMS, system_name
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -34,7 +34,12 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--lengths", type=int, nargs="+", help="context lengths (default 1K..32K)")
     parser.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES))
-    parser.add_argument("--systems", nargs="+", choices=SYSTEMS)
+    parser.add_argument(
+        "--systems",
+        nargs="+",
+        type=system_name,
+        help=f"default {' '.join(SYSTEMS)}; also a registry name such as yoco-gret+noconv",
+    )
     parser.add_argument("--repeats", type=int, help="timed prefill runs after one warm-up (default 3)")
     parser.add_argument("--new-tokens", type=int, help="decode steps (default 64)")
     parser.add_argument("--window", type=int, help="SWA window (default 1024)")

@@ -53,9 +53,31 @@ class Shape:
         return 2 * d * d + 2 * d * self.kv_dim  # q, o + k, v
 
 
+# The fields a YOCO's costs here depend on; a name that sets any other (differential attention,
+# experts, BitNet, a model without a cross-decoder) is a model these formulas do not describe.
+COSTED_YOCO_FIELDS = {"self_decoder", "short_conv_size", "cross_decoder_positions"}
+
+
+def self_decoder(system: str) -> str | None:
+    """``"swa"`` or ``"gret"`` for a YOCO registry name, ``None`` for a Transformer
+    (``"transformer"`` or Hugging Face's ``"hf-llama"``); ValueError for a model the cost model
+    does not cover."""
+    if system == "hf-llama":
+        return None
+    architecture, fields = resolve(system)
+    if architecture == "transformer" and not fields:
+        return None
+    if architecture == "yoco" and fields.get("cross_decoder", True) and set(fields) <= COSTED_YOCO_FIELDS:
+        return fields["self_decoder"]
+    raise ValueError(
+        f"{system!r}: the cost model covers a plain Transformer and YOCO with options "
+        f"{', '.join(sorted(COSTED_YOCO_FIELDS))} only"
+    )
+
+
 def _short_conv_size(system: str) -> int:
     """Width of the convolution before each self-decoder mixer that ``system`` has (0: none)."""
-    return 0 if system == "hf-llama" else resolve(system)[1].get("short_conv_size", 0)
+    return 0 if self_decoder(system) is None else resolve(system)[1].get("short_conv_size", 0)
 
 
 def _attention_macs(shape: Shape, key_visits: int) -> int:
@@ -73,41 +95,39 @@ def prefill_flops(system: str, shape: Shape, n: int) -> float:
     """FLOPs to prefill ``n`` tokens and produce the next-token logits."""
     d = shape.hidden_size
     lm_head = d * shape.vocab_size
-    if system in ("transformer", "hf-llama"):
+    kind = self_decoder(system)
+    if kind is None:
         per_layer = n * (shape.attention_proj_macs() + shape.ffn_macs()) + _attention_macs(
             shape, _causal_visits(n)
         )
         return 2.0 * (shape.num_hidden_layers * per_layer + lm_head)
 
-    if system == "yoco-swa":
+    if kind == "swa":
         mixer = n * shape.attention_proj_macs() + _attention_macs(
             shape, _causal_visits(n, shape.sliding_window)
         )
-    elif system == "yoco-gret":
+    else:
         h, dk = shape.num_attention_heads, shape.head_dim
         c = min(shape.gret_chunk_size, n)
         projections = n * (5 * d * d + d * h)  # q, k, v, gate, out + decay
         retention = n * h * (2 * c * dk + 2 * dk * dk)  # intra-chunk scores and sums; state read/update
         mixer = projections + retention
-    else:
-        raise ValueError(f"unknown system {system!r}")
-    self_decoder = shape.self_layers * (mixer + n * shape.ffn_macs())
+    self_layers = shape.self_layers * (mixer + n * shape.ffn_macs())
     shared_kv = n * 2 * d * shape.kv_dim
     cross_last = shape.cross_layers * (2 * d * d + _attention_macs(shape, n) + shape.ffn_macs())
-    return 2.0 * (self_decoder + shared_kv + cross_last + lm_head)
+    return 2.0 * (self_layers + shared_kv + cross_last + lm_head)
 
 
 def cache_bytes(system: str, shape: Shape, n: int, bytes_per_element: int) -> int:
     """Inference-state bytes after ``n`` tokens (gRet state is float32 whatever the dtype)."""
     kv_per_token = 2 * shape.kv_dim * bytes_per_element
-    if system in ("transformer", "hf-llama"):
+    kind = self_decoder(system)
+    if kind is None:
         return shape.num_hidden_layers * kv_per_token * n
-    if system == "yoco-swa":
+    if kind == "swa":
         state = shape.self_layers * kv_per_token * shape.sliding_window  # ring buffer of W
-    elif system == "yoco-gret":
-        state = shape.self_layers * shape.num_attention_heads * shape.head_dim**2 * 4
     else:
-        raise ValueError(f"unknown system {system!r}")
+        state = shape.self_layers * shape.num_attention_heads * shape.head_dim**2 * 4
     if kernel := _short_conv_size(system):  # its last K-1 inputs, in the model's dtype
         state += shape.self_layers * (kernel - 1) * shape.hidden_size * bytes_per_element
     return state + kv_per_token * n
@@ -117,12 +137,13 @@ def parameter_count(shape: Shape, system: str) -> int:
     """Non-embedding parameters plus the LM head (what every decode step reads)."""
     d = shape.hidden_size
     norms = 2 * d
-    if system in ("transformer", "hf-llama"):
+    kind = self_decoder(system)
+    if kind is None:
         return (
             shape.num_hidden_layers * (shape.attention_proj_macs() + shape.ffn_macs() + norms)
             + d * shape.vocab_size
         )
-    if system == "yoco-swa":
+    if kind == "swa":
         mixer = shape.attention_proj_macs()
     else:
         mixer = 5 * d * d + d * shape.num_attention_heads
@@ -145,7 +166,7 @@ def cache_read_bytes(system: str, shape: Shape, n: int, bytes_per_element: int) 
     ~L times smaller, the per-step cache traffic only ~2 times.
     """
     kv_per_token = 2 * shape.kv_dim * bytes_per_element
-    if system in ("transformer", "hf-llama"):
+    if self_decoder(system) is None:
         return shape.num_hidden_layers * kv_per_token * n
     state = cache_bytes(system, shape, 0, bytes_per_element)  # constant self-decoder state
     return state + shape.cross_layers * kv_per_token * n

@@ -41,7 +41,7 @@ from yoco.bench.profile import (
     matmul_peak,
     read_bandwidth,
 )
-from yoco.bench.report import LABELS, _k, _table
+from yoco.bench.report import _k, _table, label
 from yoco.bench.systems import build_model
 from yoco.ops.decode_attention import weigh_int8_chunk
 from yoco.ops.int8_attention import KERNEL as INT8_KERNEL
@@ -354,7 +354,7 @@ def markdown(results, image: str | None = None) -> str:
     body = []
     for r in results["rows"]:
         cells = [
-            LABELS[r["system"]] + (" (int8 cache)" if r["kv_cache_dtype"] == "int8" else ""),
+            label(r["system"]) + (" (int8 cache)" if r["kv_cache_dtype"] == "int8" else ""),
             _k(r["length"]),
             f"{r['prefill_s']:.1f}",
             f"{r['flops_share']:.0%}",
@@ -399,7 +399,7 @@ def markdown(results, image: str | None = None) -> str:
         if "load_and_step_s" in r:
             out += [
                 "",
-                f"Kept context ({LABELS[r['system']]}, {_k(r['length'])} tokens): `yoco.save_cache` wrote "
+                f"Kept context ({label(r['system'])}, {_k(r['length'])} tokens): `yoco.save_cache` wrote "
                 f"{r['file_bytes'] / GiB:.2f} GiB in {r['save_s']:.1f} s; `yoco.load_cache` and the next "
                 f"token took {r['load_and_step_s']:.1f} s, {r['load_and_step_s'] / r['prefill_s']:.1%} of "
                 "prefilling it again.",
@@ -497,13 +497,13 @@ def plot(results, path) -> None:
     for ax, (key, title) in zip(axes, panels, strict=True):
         for system, kv in series:
             own = [r for r in rows if (r["system"], r["kv_cache_dtype"]) == (system, kv)]
-            label = LABELS[system] + (" int8 cache" if kv == "int8" else "")
+            name = label(system) + (" int8 cache" if kv == "int8" else "")
             measured = [r for r in own if r["measured"]]
             line = ax.plot(
                 [r["length"] for r in measured],
                 [r[key] * scale[key] for r in measured],
                 marker="o",
-                label=label,
+                label=name,
             )
             guessed = [measured[-1], *[r for r in own if not r["measured"]]] if measured else []
             if len(guessed) > 1:
@@ -512,7 +512,7 @@ def plot(results, path) -> None:
                     [r[key] * scale[key] for r in guessed],
                     linestyle="--",
                     color=line[0].get_color(),
-                    label=f"{label} (extrapolated)",
+                    label=f"{name} (extrapolated)",
                 )
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")

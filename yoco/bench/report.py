@@ -5,16 +5,28 @@ import re
 from pathlib import Path
 
 from yoco.bench.environment import describe
+from yoco.bench.flops import self_decoder
 
 MiB = 2**20
-YOCO = ("yoco-gret", "yoco-swa")
-BASELINES = ("hf-llama", "transformer")
 LABELS = {
     "yoco-swa": "YOCO-SWA",
     "yoco-gret": "YOCO-gRet",
     "transformer": "Transformer",
     "hf-llama": "HF Llama",
 }
+
+
+def label(system: str) -> str:
+    """``"yoco-gret+noconv"`` -> ``"YOCO-gRet+noconv"``: the kind's label, then the parts."""
+    kind, _, parts = system.partition("+")
+    return LABELS.get(kind, kind) + (f"+{parts}" if parts else "")
+
+
+def pairs(systems: list[str]) -> list[tuple[str, str]]:
+    """(YOCO, baseline) pairs compared in the ratio tables: every YOCO in ``systems`` against
+    every Transformer in it."""
+    yocos = [s for s in systems if self_decoder(s) is not None]
+    return [(y, b) for y in yocos for b in systems if self_decoder(b) is None]
 
 
 def _index(results) -> dict:
@@ -96,7 +108,7 @@ def markdown(results, image_dir: str | None = None) -> str:
             rows.append(row)
         return rows
 
-    names = [LABELS[s] for s in systems]
+    names = [label(s) for s in systems]
     for dtype in meta["dtypes"]:
         out += [
             f"### {dtype}\n",
@@ -126,42 +138,41 @@ def markdown(results, image_dir: str | None = None) -> str:
             ),
             "",
         ]
-        for yoco in YOCO:
-            for baseline in BASELINES:
-                ratios = ratio_rows(results, dtype, yoco, baseline)
-                if not ratios:
-                    continue
-                rows = [
-                    [
-                        _k(r["length"]),
-                        f"{r['prefill']:.2f}x / {r['prefill_theory']:.2f}x",
-                        f"{r['cache']:.2f}x / {r['cache_theory']:.2f}x",
-                        f"{r['decode']:.2f}x / {r['decode_theory']:.2f}x",
-                        f"{r['throughput']:.2f}x / {r['throughput_theory']:.2f}x",
-                    ]
-                    for r in ratios
+        for yoco, baseline in pairs(systems):
+            ratios = ratio_rows(results, dtype, yoco, baseline)
+            if not ratios:
+                continue
+            rows = [
+                [
+                    _k(r["length"]),
+                    f"{r['prefill']:.2f}x / {r['prefill_theory']:.2f}x",
+                    f"{r['cache']:.2f}x / {r['cache_theory']:.2f}x",
+                    f"{r['decode']:.2f}x / {r['decode_theory']:.2f}x",
+                    f"{r['throughput']:.2f}x / {r['throughput_theory']:.2f}x",
                 ]
-                out.append(f"{LABELS[yoco]} vs {LABELS[baseline]}, measured / theoretical:\n")
-                out.append(
-                    _table(
-                        [
-                            "context",
-                            "prefill speed-up",
-                            "cache smaller",
-                            "decode b=1 speed-up",
-                            "budget throughput",
-                        ],
-                        rows,
-                    )
+                for r in ratios
+            ]
+            out.append(f"{label(yoco)} vs {label(baseline)}, measured / theoretical:\n")
+            out.append(
+                _table(
+                    [
+                        "context",
+                        "prefill speed-up",
+                        "cache smaller",
+                        "decode b=1 speed-up",
+                        "budget throughput",
+                    ],
+                    rows,
                 )
-                out.append("")
+            )
+            out.append("")
         lengths = meta["lengths"]
         if len(lengths) > 1:
             short = 8192 if 8192 in lengths else lengths[-3 if len(lengths) > 2 else 0]
             slopes = {s: slope(results, dtype, s, short, lengths[-1]) for s in systems}
             out.append(
                 f"Prefill log-log slope {_k(short)} -> {_k(lengths[-1])}: "
-                + ", ".join(f"{LABELS[s]} {v:.2f}" for s, v in slopes.items() if v is not None)
+                + ", ".join(f"{label(s)} {v:.2f}" for s, v in slopes.items() if v is not None)
                 + "\n"
             )
     if image_dir is not None:
@@ -192,7 +203,7 @@ def plots(results, out: Path) -> None:
             ax = axes[0][col]
             for system in systems:
                 xs, ys = series(dtype, system, key)
-                ax.plot(xs, [y * scale for y in ys], marker="o", label=LABELS[system])
+                ax.plot(xs, [y * scale for y in ys], marker="o", label=label(system))
             ax.set_xscale("log", base=2)
             if log_y:
                 ax.set_yscale("log")
@@ -227,15 +238,14 @@ def plots(results, out: Path) -> None:
 def summary(results) -> str:
     lines = []
     for dtype in results["meta"]["dtypes"]:
-        for yoco in YOCO:
-            for baseline in BASELINES:
-                for r in ratio_rows(results, dtype, yoco, baseline)[-2:]:
-                    lines.append(
-                        f"{dtype:<9} {_k(r['length']):>4} {LABELS[yoco]} vs {LABELS[baseline]}: prefill "
-                        f"{r['prefill']:.2f}x (theory {r['prefill_theory']:.2f}x), cache {r['cache']:.2f}x, "
-                        f"decode {r['decode']:.2f}x (theory {r['decode_theory']:.2f}x), budget throughput "
-                        f"{r['throughput']:.2f}x (theory {r['throughput_theory']:.2f}x)"
-                    )
+        for yoco, baseline in pairs(results["meta"]["systems"]):
+            for r in ratio_rows(results, dtype, yoco, baseline)[-2:]:
+                lines.append(
+                    f"{dtype:<9} {_k(r['length']):>4} {label(yoco)} vs {label(baseline)}: prefill "
+                    f"{r['prefill']:.2f}x (theory {r['prefill_theory']:.2f}x), cache {r['cache']:.2f}x, "
+                    f"decode {r['decode']:.2f}x (theory {r['decode_theory']:.2f}x), budget throughput "
+                    f"{r['throughput']:.2f}x (theory {r['throughput_theory']:.2f}x)"
+                )
     return "\n".join(lines)
 
 

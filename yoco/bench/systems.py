@@ -1,11 +1,14 @@
-"""The four systems `yoco bench` compares, behind one small interface.
+"""The systems `yoco bench` compares, behind one small interface.
 
 YOCO-SWA, YOCO-gRet and our Transformer run through the yoco engine; Hugging Face's
 ``LlamaForCausalLM`` (SDPA attention, its own ``DynamicCache``) runs through its own forward,
 with the same weights as our Transformer. Every system computes next-token logits for the
-last prompt position only (``logits_to_keep=1``), as ``generate`` does.
+last prompt position only (``logits_to_keep=1``), as ``generate`` does. Besides these four
+defaults, any registry name the cost model covers (:func:`yoco.bench.flops.self_decoder`) can
+be benchmarked, e.g. the paper's ``yoco-gret+noconv``.
 """
 
+import argparse
 import copy
 from dataclasses import dataclass
 
@@ -13,10 +16,19 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import yoco
-from yoco.bench.flops import Shape
-from yoco.models import KINDS, build
+from yoco.bench.flops import Shape, self_decoder
+from yoco.models import build
 
 SYSTEMS = ("yoco-swa", "yoco-gret", "transformer", "hf-llama")
+
+
+def system_name(name: str) -> str:
+    """``name`` if `yoco bench` can measure it and predict its costs (an argparse type)."""
+    try:
+        self_decoder(name)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return name
 
 
 def build_model(system: str, shape: Shape, dtype: torch.dtype, max_positions: int) -> torch.nn.Module:
@@ -30,16 +42,15 @@ def build_model(system: str, shape: Shape, dtype: torch.dtype, max_positions: in
         max_position_embeddings=max_positions,
     )
     torch.manual_seed(0)
-    if system in KINDS:
-        options = dict(sliding_window=shape.sliding_window, gret_chunk_size=shape.gret_chunk_size)
-        model = build(system, where_applicable=options, **fields)
-    elif system == "hf-llama":
+    system_name(system)
+    if system == "hf-llama":
         ours = build_model("transformer", shape, torch.float32, max_positions)
         config = LlamaConfig(**fields, attn_implementation="sdpa")
         model = LlamaForCausalLM(config)
         model.load_state_dict(ours.state_dict())
     else:
-        raise ValueError(f"unknown system {system!r}; choose from {SYSTEMS}")
+        options = dict(sliding_window=shape.sliding_window, gret_chunk_size=shape.gret_chunk_size)
+        model = build(system, where_applicable=options, **fields)
     return model.to(dtype).eval()
 
 
