@@ -126,3 +126,24 @@ def int8_kernel_expected() -> bool:
     flags = set(cpuinfo.read_text().split()) if cpuinfo.is_file() else set()
     needed = {"avx512f", "avx512bw", "avx512vl", "avx512_vnni"}
     return needed <= flags and shutil.which(os.environ.get("CC", "cc")) is not None
+
+
+def to_toml(tree: dict) -> str:
+    """A recipe file's text for ``tree`` (sections of key = value)."""
+
+    def value(v):
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{" + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + "}"
+        return repr(v)
+
+    return "\n".join(
+        # (TOML has no null: a None value is left out, which means its default.)
+        f"[{section}]\n" + "\n".join(f"{k} = {value(v)}" for k, v in body.items() if v is not None)
+        for section, body in tree.items()
+    )

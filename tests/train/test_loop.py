@@ -13,7 +13,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tests.helpers import tiny_config
+from tests.helpers import tiny_config, to_toml
 from yoco.train import checkpoint as ckpt
 from yoco.train import loop as loop_module
 from yoco.train.config import ConfigError, load_config
@@ -197,7 +197,7 @@ def test_two_process_torchrun_matches_one_process(corpus, tmp_path, strategy):
     texts, lines = corpus
     recipe = tmp_path / "tiny.toml"
     config = tiny_config(corpus, **{"train.max_steps": 6, "train.distributed": f'"{strategy}"'})
-    recipe.write_text(_to_toml(config.to_dict()))
+    recipe.write_text(to_toml(config.to_dict()))
     single = train(config, tmp_path / "one", show_progress=False)["losses"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
@@ -226,25 +226,6 @@ def test_two_process_torchrun_matches_one_process(corpus, tmp_path, strategy):
     assert sorted(two) == sorted(single)
     for step, loss in single.items():
         assert two[step] == pytest.approx(loss, rel=1e-4, abs=1e-5), step
-
-
-def _to_toml(tree: dict) -> str:
-    def value(v):
-        if isinstance(v, str):
-            return json.dumps(v)
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, list):
-            return "[" + ", ".join(value(x) for x in v) + "]"
-        if isinstance(v, dict):
-            return "{" + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + "}"
-        return repr(v)
-
-    return "\n".join(
-        # (TOML has no null: a None value is left out, which means its default.)
-        f"[{section}]\n" + "\n".join(f"{k} = {value(v)}" for k, v in body.items() if v is not None)
-        for section, body in tree.items()
-    )
 
 
 def test_a_retnet_trains_and_its_checkpoint_loads(corpus, tmp_path):
@@ -371,7 +352,7 @@ def test_max_steps_zero_is_refused_up_front(corpus, tmp_path, capsys):
     with pytest.raises(ConfigError, match="--max-steps must be >= 1, got 0"):
         train(tiny_config(corpus), tmp_path / "run", stop_at=0, show_progress=False)
     recipe = tmp_path / "r.toml"
-    recipe.write_text(_to_toml(tiny_config(corpus).to_dict()))
+    recipe.write_text(to_toml(tiny_config(corpus).to_dict()))
     with pytest.raises(SystemExit, match="^yoco train: --max-steps must be >= 1, got 0$"):
         main([str(recipe), "--out", str(tmp_path / "run"), "--max-steps", "0", "--no-progress"])
     assert not (tmp_path / "run").exists()

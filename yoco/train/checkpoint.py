@@ -83,12 +83,17 @@ def save_checkpoint(
     return final
 
 
+def checkpoint_step(path: Path) -> int:
+    """The step a checkpoint folder (``step-0000100``) was written at."""
+    return int(path.name.removeprefix(PREFIX))
+
+
 def list_checkpoints(root: Path) -> list[Path]:
     """Complete checkpoints under ``root``, oldest first."""
     if not root.is_dir():
         return []
     done = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX)]
-    return sorted(done, key=lambda p: int(p.name.removeprefix(PREFIX)))
+    return sorted(done, key=checkpoint_step)
 
 
 def latest_checkpoint(root: Path) -> Path | None:

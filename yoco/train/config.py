@@ -187,9 +187,9 @@ def find_recipe(name_or_path: str | Path) -> Path:
     raise ConfigError(f"no recipe file {path}, and no shipped recipe of that name ({', '.join(shipped)})")
 
 
-def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
-    """A run's recipe: a TOML file or a shipped recipe's name (None: the defaults), with
-    ``section.key=value`` overrides applied."""
+def read_recipe(path: str | Path | None, overrides: list[str] = ()) -> dict:
+    """A recipe as its TOML tables (a file or a shipped recipe's name; None: empty), with
+    ``section.key=value`` overrides applied, not yet checked."""
     raw = {}
     if path is not None:
         path = find_recipe(path)
@@ -197,8 +197,22 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
             raw = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as error:
             raise ConfigError(f"{path} is not valid TOML: {error}") from error
-    raw = apply_overrides(raw, list(overrides))
-    return _build(RunConfig, raw, "")
+    return apply_overrides(raw, list(overrides))
+
+
+def build_config(raw: dict, where: str = "") -> RunConfig:
+    """The checked RunConfig of a recipe's tables; errors name keys under ``where``."""
+    return _build(RunConfig, raw, where)
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
+    """A run's recipe: a TOML file or a shipped recipe's name (None: the defaults), with
+    ``section.key=value`` overrides applied. A recipe with stages is a curriculum
+    (:mod:`yoco.train.curriculum`), not one run."""
+    raw = read_recipe(path, overrides)
+    if "stages" in raw:
+        raise ConfigError(f"{path} has [stages.*]: it is a curriculum, run it with `yoco train`")
+    return build_config(raw)
 
 
 # Counts that must be at least 1 (0 would divide by zero mid-run, or train nothing).

@@ -1,0 +1,119 @@
+"""Curricula: a recipe's [stages.NAME] train first, in order, each from the weights before it;
+resume picks up where the curriculum stopped, exactly."""
+
+import json
+
+import pytest
+import torch
+
+from tests.helpers import tiny_config, to_toml
+from yoco.train import checkpoint as ckpt
+from yoco.train.command import main
+from yoco.train.config import ConfigError, load_config
+from yoco.train.curriculum import load_stages
+
+
+def curriculum(corpus, tmp_path, **stages) -> str:
+    """A recipe file: the tiny test recipe (12 steps) with ``stages`` before it."""
+    recipe = tiny_config(corpus, **{"train.max_steps": 4, "checkpoint.every": 2}).to_dict()
+    path = tmp_path / "curriculum.toml"
+    path.write_text(to_toml({**recipe, "stages": stages}))
+    return str(path)
+
+
+def weights(run) -> dict[str, torch.Tensor]:
+    return ckpt.load_weights(ckpt.find_weights(run))[0]
+
+
+def steps_logged(run) -> list[int]:
+    return [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_stages_train_in_order_each_from_the_weights_before_it(corpus, tmp_path):
+    # The first stage trains on shorter sequences; the recipe's own stage then trains at lr 0,
+    # so its weights must be exactly those the first stage ended with.
+    recipe = curriculum(
+        corpus,
+        tmp_path,
+        first={"data": {"seq_len": 16}, "train": {"max_steps": 3}, "optimizer": {"lr": 3e-3}},
+    )
+    out = tmp_path / "run"
+    main([recipe, "--out", str(out), "--set", "optimizer.lr=0.0", "--no-progress"])
+    first = out / "stages" / "first"
+    assert steps_logged(first) == [1, 2, 3] and steps_logged(out) == [1, 2, 3, 4]
+    stored = json.loads((first / "run_config.json").read_text())
+    assert (
+        stored["data"]["seq_len"] == 16
+        and stored["data"]["sources"] == tiny_config(corpus).to_dict()["data"]["sources"]
+    )
+    assert json.loads((out / "run_config.json").read_text())["train"]["init_from"] == str(first)
+    start, end = weights(first), weights(out)
+    assert all(torch.equal(start[k], end[k]) for k in start)
+    fresh = tiny_config(corpus).to_dict()
+    assert any(not torch.equal(start[k], v) for k, v in weights_of_random_init(fresh, tmp_path).items())
+
+
+def weights_of_random_init(recipe: dict, tmp_path) -> dict[str, torch.Tensor]:
+    """The weights the recipe's model starts from without init_from (lr 0, one step)."""
+    path = tmp_path / "fresh.toml"
+    path.write_text(to_toml(recipe))
+    main(
+        [
+            str(path),
+            "--out",
+            str(tmp_path / "fresh"),
+            "--max-steps",
+            "1",
+            "--set",
+            "optimizer.lr=0.0",
+            "--no-progress",
+        ]
+    )
+    return weights(tmp_path / "fresh")
+
+
+def test_a_stopped_curriculum_resumes_exactly(corpus, tmp_path):
+    stages = dict(
+        first={"train": {"max_steps": 3}}, second={"data": {"seq_len": 16}, "train": {"max_steps": 2}}
+    )
+    recipe = curriculum(corpus, tmp_path, **stages)
+    main([recipe, "--out", str(tmp_path / "straight"), "--no-progress"])
+    split = tmp_path / "split"
+    main([recipe, "--out", str(split), "--max-steps", "2", "--no-progress"])  # stops inside the first stage
+    assert steps_logged(split / "stages" / "first") == [1, 2] and not (split / "stages" / "second").exists()
+    with pytest.raises(SystemExit, match="already holds a run"):  # a fresh start may not overwrite it
+        main([recipe, "--out", str(split), "--no-progress"])
+    main([recipe, "--out", str(split), "--resume", "--no-progress"])
+    assert steps_logged(split / "stages" / "first") == [1, 2, 3]
+    assert steps_logged(split / "stages" / "second") == [1, 2] and steps_logged(split) == [1, 2, 3, 4]
+    straight, resumed = weights(tmp_path / "straight"), weights(split)
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    with pytest.raises(SystemExit, match="nothing to train"):  # every stage finished
+        main([recipe, "--out", str(split), "--resume", "--no-progress"])
+
+
+@pytest.mark.parametrize(
+    ("stages", "message"),
+    [
+        ({"first": {"train": {"warmup": 3}}}, "unknown key stages.first.train.warmup"),
+        ({"first": {"optimizer": {"lr": "fast"}}}, "stages.first.optimizer.lr must be float"),
+        (
+            {"first": {"train": {"init_from": "elsewhere"}}},
+            "stages.first.train.init_from: a stage starts from",
+        ),
+        ({"first": 3}, "one table per stage"),
+    ],
+)
+def test_a_bad_stage_is_refused_naming_it_before_anything_trains(corpus, tmp_path, stages, message):
+    recipe = curriculum(corpus, tmp_path, **stages)
+    with pytest.raises(ConfigError, match=message):
+        load_stages(recipe, tmp_path / "run")
+    with pytest.raises(SystemExit, match=message):
+        main([recipe, "--out", str(tmp_path / "run"), "--no-progress"])
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_curriculum_is_not_read_as_one_run(corpus, tmp_path):
+    recipe = curriculum(corpus, tmp_path, first={"train": {"max_steps": 3}})
+    with pytest.raises(ConfigError, match="curriculum"):
+        load_config(recipe)
