@@ -102,6 +102,9 @@ def test_a_stopped_curriculum_resumes_exactly(corpus, tmp_path):
             "stages.first.train.init_from: a stage starts from",
         ),
         ({"first": 3}, "one table per stage"),
+        ({"first": {"data": {"seq_len": 0}}}, "stage 'first': data.seq_len must be >= 1"),
+        ({"first": {"model": {"name": "yoco-bad"}}}, "stage 'first': model: unknown model kind 'yoco-bad'"),
+        ({"first": {"data": {"sources": [{"path": "missing.txt"}]}}}, "stage 'first': .*missing.txt"),
     ],
 )
 def test_a_bad_stage_is_refused_naming_it_before_anything_trains(corpus, tmp_path, stages, message):
@@ -117,3 +120,9 @@ def test_a_curriculum_is_not_read_as_one_run(corpus, tmp_path):
     recipe = curriculum(corpus, tmp_path, first={"train": {"max_steps": 3}})
     with pytest.raises(ConfigError, match="curriculum"):
         load_config(recipe)
+
+
+def test_an_error_in_the_recipe_itself_is_named_as_its_own_key(corpus, tmp_path):
+    recipe = curriculum(corpus, tmp_path, first={"train": {"max_steps": 3}})
+    with pytest.raises(ConfigError, match="^optimizer.lr must be float"):
+        load_stages(recipe, tmp_path / "run", ["optimizer.lr='fast'"])

@@ -18,9 +18,12 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from yoco.data.sources import list_documents
+from yoco.tokenizer import load_tokenizer
 from yoco.train import checkpoint as ckpt
-from yoco.train.config import ConfigError, RunConfig, build_config, read_recipe
-from yoco.train.loop import train
+from yoco.train import distributed
+from yoco.train.config import ConfigError, RunConfig, build_config, check_config, read_recipe
+from yoco.train.loop import recipe_model_config, train
 
 STAGES = "stages"
 
@@ -58,6 +61,18 @@ def _starting_from(raw: dict, weights: str | None) -> dict:
     return raw
 
 
+def check_stage(config: RunConfig, where: str) -> None:
+    """What train() would refuse at its start, checked for a stage that trains later: counts
+    and choices, the model section, the data sources."""
+    try:
+        check_config(config, distributed.world_size())
+        recipe_model_config(config.model, len(load_tokenizer(config.tokenizer.path)))
+        for source in config.data.sources:
+            list_documents(source.path)
+    except ValueError as error:  # (ConfigError and DataError are ValueErrors)
+        raise ConfigError(f"{where}: {error}") from error
+
+
 def load_stages(path, out: Path, overrides: list[str] = ()) -> list[Stage]:
     """The runs a recipe stands for, in order: its stages, then the recipe itself (a recipe
     without stages is one run). Every stage is checked before any is trained."""
@@ -65,6 +80,7 @@ def load_stages(path, out: Path, overrides: list[str] = ()) -> list[Stage]:
     tables = raw.pop(STAGES, {})
     if not isinstance(tables, dict) or not all(isinstance(t, dict) for t in tables.values()):
         raise ConfigError(f"{STAGES} must hold one table per stage ([{STAGES}.NAME]), got {tables!r}")
+    build_config(raw)  # the recipe's own errors first, named as its keys (not as a stage's)
     stages, weights = [], raw.get("train", {}).get("init_from")
     for name, table in tables.items():
         if "init_from" in table.get("train", {}):
@@ -75,9 +91,12 @@ def load_stages(path, out: Path, overrides: list[str] = ()) -> list[Stage]:
             raise ConfigError(f"{STAGES}.{name} cannot hold stages of its own")
         folder = out / STAGES / name
         config = build_config(_starting_from(merged(raw, table), weights), f"{STAGES}.{name}")
+        check_stage(config, f"stage {name!r}")
         stages.append(Stage(name, folder, config))
         weights = str(folder)
     stages.append(Stage("", out, build_config(_starting_from(raw, weights))))
+    if tables:
+        check_stage(stages[-1].config, "the recipe's own stage")
     return stages
 
 

@@ -46,6 +46,11 @@ def build_model(model_fields: dict, vocab_size: int):
     """The recipe's model: its registry ``name`` (``yoco.models.registry``: ``yoco-gret``,
     ``transformer``, ``yoco-swa+diff``, ...), an optional named ``preset`` shape, and config
     fields on top."""
+    return model_from_config(recipe_model_config(model_fields, vocab_size))
+
+
+def recipe_model_config(model_fields: dict, vocab_size: int):
+    """The config :func:`build_model` initialises a model from (ConfigError naming a bad field)."""
     fields = dict(model_fields)
     if "architecture" in fields:
         raise ConfigError(
@@ -59,10 +64,9 @@ def build_model(model_fields: dict, vocab_size: int):
             f"model.vocab_size {fields['vocab_size']} is smaller than the tokenizer's {vocab_size}"
         )
     try:
-        config = model_config(name, preset, **fields)  # refuses a field the kind does not have
+        return model_config(name, preset, **fields)  # refuses a field the kind does not have
     except (ValueError, StrictDataclassError) as error:
         raise ConfigError(f"model: {error}") from error
-    return model_from_config(config)
 
 
 def native_bf16(device: torch.device) -> bool:
