@@ -3,6 +3,7 @@ against, and a tiny training setup. Fixtures live in conftest.py; everything els
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -131,6 +132,9 @@ def int8_kernel_expected() -> bool:
 def to_toml(tree: dict) -> str:
     """A recipe file's text for ``tree`` (sections of key = value)."""
 
+    def key(k):
+        return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else json.dumps(k)
+
     def value(v):
         if isinstance(v, str):
             return json.dumps(v)
@@ -139,11 +143,17 @@ def to_toml(tree: dict) -> str:
         if isinstance(v, list):
             return "[" + ", ".join(value(x) for x in v) + "]"
         if isinstance(v, dict):
-            return "{" + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + "}"
+            return "{" + ", ".join(f"{key(k)} = {value(x)}" for k, x in v.items()) + "}"
         return repr(v)
 
     return "\n".join(
         # (TOML has no null: a None value is left out, which means its default.)
-        f"[{section}]\n" + "\n".join(f"{k} = {value(v)}" for k, v in body.items() if v is not None)
+        f"[{section}]\n" + "\n".join(f"{key(k)} = {value(v)}" for k, v in body.items() if v is not None)
         for section, body in tree.items()
     )
+
+
+def losses_of(run_dir) -> dict[int, float]:
+    """Step -> training loss, from a run folder's metrics log."""
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return {r["step"]: r["loss"] for r in map(json.loads, lines)}

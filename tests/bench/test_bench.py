@@ -52,7 +52,10 @@ def test_quick_bench_takes_a_registry_name_and_counts_its_costs(tmp_path):
     assert "YOCO-gRet+noconv vs Transformer" in report and "YOCO-gRet vs Transformer" in report
 
 
-@pytest.mark.parametrize("name", ["yoco-swa+diff", "swa-only", "transformer+xpos", "retnet", "llama"])
+@pytest.mark.parametrize(
+    "name",
+    ["yoco-swa+diff", "swa-only", "transformer+xpos", "retnet", "yoco-retention", "yoco-dilated", "llama"],
+)
 def test_bench_refuses_a_model_its_cost_model_does_not_describe(name, capsys):
     with pytest.raises(SystemExit):
         main(["--quick", "--systems", name])

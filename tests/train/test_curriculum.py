@@ -2,11 +2,14 @@
 resume picks up where the curriculum stopped, exactly."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from tests.helpers import tiny_config, to_toml
+from tests.helpers import losses_of, tiny_config, to_toml
 from yoco.train import checkpoint as ckpt
 from yoco.train.command import main
 from yoco.train.config import ConfigError, load_config
@@ -14,7 +17,7 @@ from yoco.train.curriculum import load_stages
 
 
 def curriculum(corpus, tmp_path, **stages) -> str:
-    """A recipe file: the tiny test recipe (12 steps) with ``stages`` before it."""
+    """A recipe file: the tiny test recipe (4 steps, checkpoints every 2) with ``stages`` before it."""
     recipe = tiny_config(corpus, **{"train.max_steps": 4, "checkpoint.every": 2}).to_dict()
     path = tmp_path / "curriculum.toml"
     path.write_text(to_toml({**recipe, "stages": stages}))
@@ -26,6 +29,7 @@ def weights(run) -> dict[str, torch.Tensor]:
 
 
 def steps_logged(run) -> list[int]:
+    """Every step in the run's log, in order (a step logged twice appears twice)."""
     return [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
@@ -79,17 +83,35 @@ def test_a_stopped_curriculum_resumes_exactly(corpus, tmp_path):
     recipe = curriculum(corpus, tmp_path, **stages)
     main([recipe, "--out", str(tmp_path / "straight"), "--no-progress"])
     split = tmp_path / "split"
+    with pytest.raises(SystemExit, match="--resume: no checkpoint under .*split or its stages"):
+        main([recipe, "--out", str(split), "--resume", "--no-progress"])
     main([recipe, "--out", str(split), "--max-steps", "2", "--no-progress"])  # stops inside the first stage
     assert steps_logged(split / "stages" / "first") == [1, 2] and not (split / "stages" / "second").exists()
     with pytest.raises(SystemExit, match="already holds a run"):  # a fresh start may not overwrite it
         main([recipe, "--out", str(split), "--no-progress"])
-    main([recipe, "--out", str(split), "--resume", "--no-progress"])
+    # Past the first two stages (3 and 2 steps), into the last (4 steps):
+    main([recipe, "--out", str(split), "--resume", "--max-steps", "3", "--no-progress"])
     assert steps_logged(split / "stages" / "first") == [1, 2, 3]
-    assert steps_logged(split / "stages" / "second") == [1, 2] and steps_logged(split) == [1, 2, 3, 4]
+    assert steps_logged(split / "stages" / "second") == [1, 2] and steps_logged(split) == [1, 2, 3]
+    main([recipe, "--out", str(split), "--resume", "--no-progress"])
+    assert steps_logged(split) == [1, 2, 3, 4]
     straight, resumed = weights(tmp_path / "straight"), weights(split)
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
     with pytest.raises(SystemExit, match="nothing to train"):  # every stage finished
         main([recipe, "--out", str(split), "--resume", "--no-progress"])
+    # A finished stage trained with another recipe is not skipped as if it were this one's.
+    with pytest.raises(SystemExit, match="stage 'first' finished with another recipe .*optimizer.lr"):
+        main(
+            [
+                recipe,
+                "--out",
+                str(split),
+                "--resume",
+                "--set",
+                "stages.first.optimizer.lr=0.5",
+                "--no-progress",
+            ]
+        )
 
 
 @pytest.mark.parametrize(
@@ -105,6 +127,7 @@ def test_a_stopped_curriculum_resumes_exactly(corpus, tmp_path):
         ({"first": {"data": {"seq_len": 0}}}, "stage 'first': data.seq_len must be >= 1"),
         ({"first": {"model": {"name": "yoco-bad"}}}, "stage 'first': model: unknown model kind 'yoco-bad'"),
         ({"first": {"data": {"sources": [{"path": "missing.txt"}]}}}, "stage 'first': .*missing.txt"),
+        ({"a/../b": {"train": {"max_steps": 3}}}, "stage name 'a/../b'"),
     ],
 )
 def test_a_bad_stage_is_refused_naming_it_before_anything_trains(corpus, tmp_path, stages, message):
@@ -122,7 +145,35 @@ def test_a_curriculum_is_not_read_as_one_run(corpus, tmp_path):
         load_config(recipe)
 
 
-def test_an_error_in_the_recipe_itself_is_named_as_its_own_key(corpus, tmp_path):
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optimizer.lr='fast'", "^optimizer.lr must be float"),
+        ("data.seq_len=0", "^the recipe's own stage: data.seq_len"),
+    ],
+)
+def test_an_error_in_the_recipe_itself_is_named_as_its_own(corpus, tmp_path, override, message):
     recipe = curriculum(corpus, tmp_path, first={"train": {"max_steps": 3}})
-    with pytest.raises(ConfigError, match="^optimizer.lr must be float"):
-        load_stages(recipe, tmp_path / "run", ["optimizer.lr='fast'"])
+    with pytest.raises(ConfigError, match=message):
+        load_stages(recipe, tmp_path / "run", [override])
+
+
+def test_a_curriculum_under_torchrun_matches_one_process(corpus, tmp_path):
+    """Two processes go through the stages together (one process group for all, every process
+    reading the stage's last checkpoint only after it is written) and train as one does."""
+    recipe = curriculum(corpus, tmp_path, first={"train": {"max_steps": 2}})
+    main([recipe, "--out", str(tmp_path / "one"), "--no-progress"])
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+        + ["-m", "yoco", "train", recipe, "--out", str(tmp_path / "two"), "--no-progress"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    for folder in ("stages/first", "."):
+        one, two = losses_of(tmp_path / "one" / folder), losses_of(tmp_path / "two" / folder)
+        assert sorted(one) == sorted(two) and one
+        for step, loss in one.items():
+            assert two[step] == pytest.approx(loss, rel=1e-4, abs=1e-5), (folder, step)

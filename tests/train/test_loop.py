@@ -13,16 +13,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tests.helpers import tiny_config, to_toml
+from tests.helpers import losses_of, tiny_config, to_toml
 from yoco.train import checkpoint as ckpt
 from yoco.train import loop as loop_module
 from yoco.train.config import ConfigError, load_config
 from yoco.train.loop import TrainingDiverged, lr_at, train
-
-
-def losses_of(run_dir):
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return {r["step"]: r["loss"] for r in map(json.loads, lines)}
 
 
 def test_loss_falls_and_the_checkpoint_loads_with_auto_classes(corpus, tmp_path):

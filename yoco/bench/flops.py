@@ -67,11 +67,15 @@ def self_decoder(system: str) -> str | None:
     architecture, fields = resolve(system)
     if architecture == "transformer" and not fields:
         return None
-    if architecture == "yoco" and fields.get("cross_decoder", True) and set(fields) <= COSTED_YOCO_FIELDS:
+    if (
+        architecture == "yoco"
+        and set(fields) <= COSTED_YOCO_FIELDS
+        and fields["self_decoder"] in ("swa", "gret")
+    ):
         return fields["self_decoder"]
     raise ValueError(
-        f"{system!r}: the cost model covers a plain Transformer and YOCO with options "
-        f"{', '.join(sorted(COSTED_YOCO_FIELDS))} only"
+        f"{system!r}: the cost model covers a plain Transformer and YOCO-SWA / YOCO-gRet with "
+        f"options {', '.join(sorted(COSTED_YOCO_FIELDS))} only"
     )
 
 

@@ -42,7 +42,7 @@ def build_model(system: str, shape: Shape, dtype: torch.dtype, max_positions: in
         max_position_embeddings=max_positions,
     )
     torch.manual_seed(0)
-    system_name(system)
+    self_decoder(system)  # ValueError for a model the cost model does not describe
     if system == "hf-llama":
         ours = build_model("transformer", shape, torch.float32, max_positions)
         config = LlamaConfig(**fields, attn_implementation="sdpa")

@@ -38,8 +38,9 @@ def main(argv: list[str] | None = None) -> dict:
     except (ValueError, FileNotFoundError, DataError, TrainingDiverged) as error:
         sys.exit(f"yoco train: {error}")
     if summary["is_main"]:
+        folder = Path(summary["out"])  # (a stage's, if --max-steps stopped a curriculum inside it)
         print(
-            f"run folder: {out}  (loss curve: {out / 'loss.png'}, checkpoint: {summary['final_checkpoint']})"
+            f"run folder: {folder}  (loss curve: {folder / 'loss.png'}, checkpoint: {summary['final_checkpoint']})"
         )
     return summary
 

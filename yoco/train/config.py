@@ -200,7 +200,7 @@ def read_recipe(path: str | Path | None, overrides: list[str] = ()) -> dict:
     return apply_overrides(raw, list(overrides))
 
 
-def build_config(raw: dict, where: str = "") -> RunConfig:
+def run_config(raw: dict, where: str = "") -> RunConfig:
     """The checked RunConfig of a recipe's tables; errors name keys under ``where``."""
     return _build(RunConfig, raw, where)
 
@@ -211,8 +211,11 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
     (:mod:`yoco.train.curriculum`), not one run."""
     raw = read_recipe(path, overrides)
     if "stages" in raw:
-        raise ConfigError(f"{path} has [stages.*]: it is a curriculum, run it with `yoco train`")
-    return build_config(raw)
+        raise ConfigError(
+            f"the recipe {path or ''} has [stages.*]: it is a curriculum (yoco.train.curriculum), "
+            "run it with `yoco train`"
+        )
+    return run_config(raw)
 
 
 # Counts that must be at least 1 (0 would divide by zero mid-run, or train nothing).
@@ -257,15 +260,23 @@ def check_config(cfg: RunConfig, world_size: int = 1) -> None:
         )
 
 
-# What a resumed run may change in its recipe: where the run stops, and how often it writes
-# checkpoints, evaluates and logs. None of these changes a batch or a weight of the steps both
+# What a resumed run may change in its recipe: where the run stops, how often it writes
+# checkpoints, evaluates and logs, and train.init_from (read only by a fresh start; a curriculum
+# derives it from --out, which may be spelled another way on resume). None of these changes a batch or a weight of the steps both
 # recipes train (the stop-and-resume test evaluates and checkpoints at other steps than the
 # uninterrupted run and gets identical losses). Everything else - data, tokenizer, model,
 # optimizer, schedule, batch size, seeds, dtype, eval.batches (which validation batches) -
 # changes what is trained, so a resume with it is refused. train.max_steps is also the span of
 # the learning-rate schedule: the loop says so when a new value moves the learning rate.
 RESUMABLE_CHANGES = frozenset(
-    {"train.max_steps", "checkpoint.every", "checkpoint.keep_last", "eval.every", "logging.every"}
+    {
+        "train.max_steps",
+        "train.init_from",
+        "checkpoint.every",
+        "checkpoint.keep_last",
+        "eval.every",
+        "logging.every",
+    }
 )
 
 UNSET = object()

@@ -3,17 +3,23 @@ from the weights the one before it ended with.
 
 A stage table holds recipe sections that replace the recipe's own for that stage: tables merge
 key by key (``[stages.copy.data]`` with only ``seq_len`` keeps the recipe's sources), any other
-value replaces the recipe's. Stages run in the order they are written, each in
-``OUT/stages/NAME``; the first starts from the recipe's ``train.init_from`` (random weights
-without one). The recipe itself is the last stage: it runs in OUT from the last stage's
-weights, so ``yoco eval ... --model OUT`` finds the final model as it does for any run.
+value replaces the recipe's. So ``--set train.max_steps=N`` changes the recipe's own stage and
+every stage that does not set its own; ``--set stages.copy.train.max_steps=N`` one stage.
+Stages run in the order they are written, each in ``OUT/stages/NAME``; the first starts from
+the recipe's ``train.init_from`` (random weights without one). The recipe itself is the last
+stage: it runs in OUT from the last stage's weights, so ``yoco eval ... --model OUT`` finds the
+final model as it does for any run.
 
-``--resume`` skips the stages that reached their ``train.max_steps``, continues the one that
-stopped, and starts the rest; ``--max-steps N`` stops whichever stage reaches step N (a stage
-shorter than N finishes and the next one begins).
+``--resume`` skips the stages that reached their ``train.max_steps`` (refusing one whose recipe
+has since changed: the stages after it were trained from its weights), continues the one that
+stopped, and starts the rest. ``--max-steps N`` stops whichever stage reaches step N, and the
+command with it (a stage shorter than N finishes and the next one begins). Under ``torchrun``
+one process group serves every stage.
 """
 
 import copy
+import json
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +28,20 @@ from yoco.data.sources import list_documents
 from yoco.tokenizer import load_tokenizer
 from yoco.train import checkpoint as ckpt
 from yoco.train import distributed
-from yoco.train.config import ConfigError, RunConfig, build_config, check_config, read_recipe
+from yoco.train.config import (
+    RESUMABLE_CHANGES,
+    ConfigError,
+    RunConfig,
+    check_config,
+    read_recipe,
+    recipe_differences,
+    run_config,
+    show_value,
+)
 from yoco.train.loop import recipe_model_config, train
 
 STAGES = "stages"
+STAGE_NAME = re.compile(r"[A-Za-z0-9_-]+")  # a folder name under OUT/stages
 
 
 @dataclass
@@ -35,9 +51,16 @@ class Stage:
     config: RunConfig
 
     @property
+    def label(self) -> str:
+        return f"stage {self.name!r}" if self.name else "the recipe's own stage"
+
+    @property
+    def latest(self) -> Path | None:
+        return ckpt.latest_checkpoint(self.out / "checkpoints")
+
+    @property
     def finished(self) -> bool:
-        latest = ckpt.latest_checkpoint(self.out / "checkpoints")
-        return latest is not None and ckpt.checkpoint_step(latest) >= self.config.train.max_steps
+        return self.latest is not None and ckpt.checkpoint_step(self.latest) >= self.config.train.max_steps
 
 
 def merged(base: dict, override: dict) -> dict:
@@ -61,7 +84,7 @@ def _starting_from(raw: dict, weights: str | None) -> dict:
     return raw
 
 
-def check_stage(config: RunConfig, where: str) -> None:
+def check_stage(config: RunConfig, label: str) -> None:
     """What train() would refuse at its start, checked for a stage that trains later: counts
     and choices, the model section, the data sources."""
     try:
@@ -70,34 +93,58 @@ def check_stage(config: RunConfig, where: str) -> None:
         for source in config.data.sources:
             list_documents(source.path)
     except ValueError as error:  # (ConfigError and DataError are ValueErrors)
-        raise ConfigError(f"{where}: {error}") from error
+        raise ConfigError(f"{label}: {error}") from error
 
 
 def load_stages(path, out: Path, overrides: list[str] = ()) -> list[Stage]:
     """The runs a recipe stands for, in order: its stages, then the recipe itself (a recipe
-    without stages is one run). Every stage is checked before any is trained."""
+    without stages is one run). Every stage is checked before any is trained; the recipe's own
+    sections first, so an error in them is named as theirs, not as a stage's."""
     raw = read_recipe(path, overrides)
     tables = raw.pop(STAGES, {})
     if not isinstance(tables, dict) or not all(isinstance(t, dict) for t in tables.values()):
         raise ConfigError(f"{STAGES} must hold one table per stage ([{STAGES}.NAME]), got {tables!r}")
-    build_config(raw)  # the recipe's own errors first, named as its keys (not as a stage's)
-    stages, weights = [], raw.get("train", {}).get("init_from")
     for name, table in tables.items():
-        if "init_from" in table.get("train", {}):
+        if not STAGE_NAME.fullmatch(name):
+            raise ConfigError(f"stage name {name!r}: use letters, digits, '-' and '_' (it names a folder)")
+        if isinstance(table.get("train"), dict) and "init_from" in table["train"]:
             raise ConfigError(
                 f"{STAGES}.{name}.train.init_from: a stage starts from the weights of the one before it"
             )
         if STAGES in table:
             raise ConfigError(f"{STAGES}.{name} cannot hold stages of its own")
-        folder = out / STAGES / name
-        config = build_config(_starting_from(merged(raw, table), weights), f"{STAGES}.{name}")
-        check_stage(config, f"stage {name!r}")
-        stages.append(Stage(name, folder, config))
-        weights = str(folder)
-    stages.append(Stage("", out, build_config(_starting_from(raw, weights))))
+    weights = raw.get("train", {}).get("init_from")  # where the first stage starts
+    folders = [out / STAGES / name for name in tables]
+    own = Stage("", out, run_config(_starting_from(raw, str(folders[-1]) if folders else weights)))
     if tables:
-        check_stage(stages[-1].config, "the recipe's own stage")
-    return stages
+        check_stage(own.config, own.label)
+    stages = []
+    for (name, table), folder in zip(tables.items(), folders, strict=True):
+        config = run_config(_starting_from(merged(raw, table), weights), f"{STAGES}.{name}")
+        stages.append(Stage(name, folder, config))
+        check_stage(config, stages[-1].label)
+        weights = str(folder)
+    return [*stages, own]
+
+
+def check_unchanged(stage: Stage) -> None:
+    """Refuse to skip a finished stage whose recipe has changed since it was trained (beyond
+    what a resume may change): the stages after it started from the weights it ended with."""
+    stored = stage.latest / ckpt.RECIPE
+    if not stored.is_file():
+        return
+    now = json.loads(json.dumps(stage.config.to_dict()))
+    changed = {
+        k: v
+        for k, v in recipe_differences(json.loads(stored.read_text()), now).items()
+        if k not in RESUMABLE_CHANGES
+    }
+    if changed:
+        details = "; ".join(f"{k}: {show_value(a)} -> {show_value(b)}" for k, (a, b) in changed.items())
+        raise ConfigError(
+            f"--resume: {stage.label} finished with another recipe ({details}), and the stages after it "
+            "were trained from it: restore it, or start the curriculum in another --out"
+        )
 
 
 def train_stages(
@@ -105,18 +152,28 @@ def train_stages(
 ) -> dict:
     """Train ``stages`` in order (see the module's docstring); returns the summary of the last
     stage trained."""
-    for stage in stages:
-        label = f"stage {stage.name!r}" if stage.name else "the recipe's own stage"
-        # (a finished last stage goes to train(), which says there is nothing left to train)
-        if resume and stage.finished and stage is not stages[-1]:
-            print(f"yoco train: {label} finished earlier ({stage.out}), skipped", file=sys.stderr)
-            continue
-        if len(stages) > 1:
-            print(f"yoco train: {label}, in {stage.out}", file=sys.stderr)
-        started = ckpt.latest_checkpoint(stage.out / "checkpoints") is not None
-        summary = train(
-            stage.config, stage.out, resume=resume and started, stop_at=stop_at, show_progress=show_progress
-        )
-        if not stage.finished:  # stopped by --max-steps: the next stage needs this one's end
-            break
+    if resume and all(stage.latest is None for stage in stages):
+        where = f"{stages[-1].out} or its stages" if len(stages) > 1 else stages[-1].out
+        raise ConfigError(f"--resume: no checkpoint under {where}")
+    d = distributed.setup()
+    say = print if d.is_main and len(stages) > 1 else lambda *args, **kwargs: None
+    try:
+        for stage in stages:
+            # (a finished last stage goes to train(), which says there is nothing left to train)
+            if resume and stage.finished and stage is not stages[-1]:
+                check_unchanged(stage)
+                say(f"yoco train: {stage.label} finished earlier ({stage.out}), skipped", file=sys.stderr)
+                continue
+            say(f"yoco train: {stage.label}, in {stage.out}", file=sys.stderr)
+            summary = train(
+                stage.config,
+                stage.out,
+                resume=resume and stage.latest is not None,
+                stop_at=stop_at,
+                show_progress=show_progress,
+            )
+            if summary["last_step"] < stage.config.train.max_steps:  # stopped by --max-steps
+                break
+    finally:
+        distributed.teardown()
     return summary

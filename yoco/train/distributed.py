@@ -45,6 +45,12 @@ def setup() -> Dist:
     return Dist(rank, processes, local_rank, device)
 
 
+def initialized() -> bool:
+    """Whether this process is already in a process group (a curriculum sets one up for all
+    its stages)."""
+    return dist.is_initialized()
+
+
 def teardown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

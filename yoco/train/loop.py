@@ -213,12 +213,14 @@ def train(
     if stop_at is not None and stop_at < 1:
         raise ConfigError(f"--max-steps must be >= 1, got {stop_at}")
     check_config(cfg, distributed.world_size())
+    owns_group = not distributed.initialized()
     d = distributed.setup()
     try:
         trainer = Trainer(cfg, Path(out), resume, stop_at, d)
         return trainer.run(show_progress)
     finally:
-        distributed.teardown()
+        if owns_group:
+            distributed.teardown()
 
 
 class Trainer:
@@ -442,10 +444,12 @@ class Trainer:
                 log.close()
         if log is not None:
             plot_run(out)
+        distributed.barrier(d)  # the main process has written the last checkpoint: all may read it
         return {
             "losses": losses,
             "val_loss": last_val,
             "out": str(out),
+            "last_step": self.last_step,
             "final_checkpoint": str(ckpt.latest_checkpoint(self.root)),
             "is_main": d.is_main,
         }
