@@ -14,9 +14,9 @@ final model as it does for any run.
 has since changed: the stages after it were trained from its weights), continues the one that
 stopped, and starts the rest (raising a finished stage's ``train.max_steps`` trains it further,
 but a later stage that has started keeps its checkpoints: retrain it in another ``--out``).
-``--max-steps N`` stops whichever stage reaches step N, and the
-command with it (a stage shorter than N finishes and the next one begins). Under ``torchrun``
-one process group serves every stage.
+``--max-steps N`` stops whichever stage reaches step N, and the command with it (a stage
+shorter than N finishes and the next one begins). Under ``torchrun`` one process group serves
+every stage.
 """
 
 import copy
