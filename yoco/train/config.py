@@ -98,6 +98,10 @@ class RunConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def as_stored(self) -> dict:
+        """The recipe as a checkpoint stores it (JSON: tuples become lists, ...)."""
+        return json.loads(json.dumps(self.to_dict()))
+
 
 class ConfigError(ValueError):
     pass
@@ -262,8 +266,8 @@ def check_config(cfg: RunConfig, world_size: int = 1) -> None:
 
 # What a resumed run may change in its recipe: where the run stops, how often it writes
 # checkpoints, evaluates and logs, and train.init_from (read only by a fresh start; a curriculum
-# derives it from --out, which may be spelled another way on resume). None of these changes a batch or a weight of the steps both
-# recipes train (the stop-and-resume test evaluates and checkpoints at other steps than the
+# derives it from --out, which may be spelled another way on resume). None of these changes a
+# batch or a weight of the steps both recipes train (the stop-and-resume test evaluates and checkpoints at other steps than the
 # uninterrupted run and gets identical losses). Everything else - data, tokenizer, model,
 # optimizer, schedule, batch size, seeds, dtype, eval.batches (which validation batches) -
 # changes what is trained, so a resume with it is refused. train.max_steps is also the span of
@@ -310,3 +314,13 @@ def recipe_differences(old: dict, new: dict) -> dict[str, tuple]:
 
 def show_value(value) -> str:
     return "(not set)" if value is UNSET else json.dumps(value)
+
+
+def unresumable_changes(old: dict, new: dict) -> str:
+    """The differences from recipe ``old`` to ``new`` that a resume may not make, as
+    ``"key: old -> new; ..."`` ("" when there are none)."""
+    return "; ".join(
+        f"{k}: {show_value(a)} -> {show_value(b)}"
+        for k, (a, b) in recipe_differences(old, new).items()
+        if k not in RESUMABLE_CHANGES
+    )

@@ -31,14 +31,12 @@ from yoco.tokenizer import load_tokenizer
 from yoco.train import checkpoint as ckpt
 from yoco.train import distributed
 from yoco.train.config import (
-    RESUMABLE_CHANGES,
     ConfigError,
     RunConfig,
     check_config,
     read_recipe,
-    recipe_differences,
     run_config,
-    show_value,
+    unresumable_changes,
 )
 from yoco.train.loop import recipe_model_config, train
 
@@ -135,14 +133,7 @@ def check_unchanged(stage: Stage) -> None:
     stored = stage.latest / ckpt.RECIPE
     if not stored.is_file():
         return
-    now = json.loads(json.dumps(stage.config.to_dict()))
-    changed = {
-        k: v
-        for k, v in recipe_differences(json.loads(stored.read_text()), now).items()
-        if k not in RESUMABLE_CHANGES
-    }
-    if changed:
-        details = "; ".join(f"{k}: {show_value(a)} -> {show_value(b)}" for k, (a, b) in changed.items())
+    if details := unresumable_changes(json.loads(stored.read_text()), stage.config.as_stored()):
         raise ConfigError(
             f"--resume: {stage.label} finished with another recipe ({details}), and the stages after it "
             "were trained from it: restore it, or start the curriculum in another --out"

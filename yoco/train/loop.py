@@ -30,7 +30,7 @@ from yoco.train.config import (
     RunConfig,
     check_config,
     recipe_differences,
-    show_value,
+    unresumable_changes,
 )
 from yoco.train.plot import plot_run
 
@@ -244,7 +244,7 @@ class Trainer:
                 print(f"yoco train: {warning}", file=sys.stderr)
         self.val_batches = self.validation_batches(val_stream)
         self.root = out / "checkpoints"
-        self.recipe = json.loads(json.dumps(cfg.to_dict()))  # as stored (JSON: tuples become lists, ...)
+        self.recipe = cfg.as_stored()
         state = self.starting_state(resume, stop_at)
 
         self.model.to(d.device)
@@ -470,11 +470,7 @@ def check_resume_recipe(
     if stored is None:
         return changes
     differences = recipe_differences(stored, recipe)
-    refused = {k: v for k, v in differences.items() if k not in RESUMABLE_CHANGES}
-    if refused:
-        details = "; ".join(
-            f"{k}: {show_value(old)} -> {show_value(new)}" for k, (old, new) in refused.items()
-        )
+    if details := unresumable_changes(stored, recipe):
         raise ConfigError(
             f"--resume: the recipe differs from the one {latest.name} was trained with ({source}): {details}. "
             f"Only {', '.join(sorted(RESUMABLE_CHANGES))} may change on resume: restore the others, "
