@@ -33,6 +33,16 @@ def test_loss_falls_and_the_checkpoint_loads_with_auto_classes(corpus, tmp_path)
     assert summary["val_loss"] is not None
 
 
+def test_saving_a_checkpoint_draws_no_bar_of_its_own(corpus, tmp_path, capfd):
+    train(
+        tiny_config(corpus, **{"train.max_steps": 2, "checkpoint.every": 1}),
+        tmp_path / "run",
+        show_progress=False,
+    )
+    assert ckpt.latest_checkpoint(tmp_path / "run" / "checkpoints").name == "step-0000002"
+    assert "Writing model shards" not in capfd.readouterr().err  # it would break the trainer's bar
+
+
 def test_stop_and_resume_reproduces_the_uninterrupted_losses(corpus, tmp_path):
     config = tiny_config(corpus)
     straight = train(config, tmp_path / "straight", show_progress=False)["losses"]

@@ -9,6 +9,7 @@ temporary name and renamed into place, so a crash mid-write leaves only a ``.tmp
 that is ignored and the previous checkpoint untouched.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+from transformers.utils import logging as hf_logging
 
 PREFIX = "step-"
 RECIPE = "run_config.json"  # in a checkpoint: the recipe it was trained with
@@ -47,6 +49,19 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], layout: dict) -> dict
     return {"state": state, "param_groups": layout["param_groups"]}
 
 
+@contextlib.contextmanager
+def _without_transformers_bars():
+    """``save_pretrained`` draws a "Writing model shards" bar for every save; under the
+    trainer's own bar that is a stray line at every checkpoint."""
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 def save_checkpoint(
     root: Path,
     step: int,
@@ -63,7 +78,8 @@ def save_checkpoint(
     final = root / f"{PREFIX}{step:07d}"
     tmp = root / f".tmp-{PREFIX}{step:07d}"
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, state_dict=model_state)
+    with _without_transformers_bars():
+        model.save_pretrained(tmp, state_dict=model_state)
     tokenizer.save_pretrained(tmp)
     tensors, layout = _flatten_optimizer(optimizer_state)
     save_file(tensors, str(tmp / "optimizer.safetensors"))
