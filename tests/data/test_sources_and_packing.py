@@ -137,6 +137,28 @@ def test_needle_documents_fill_whole_sequences_of_their_length():
         assert b"\nWhat is the special magic" in bytes(t for t in sequence if t < 256)
 
 
+def test_needle_documents_with_a_shortest_length_ask_at_varying_positions_and_still_fill_a_sequence():
+    docs = list_documents("needle:600:40:200")
+    stream = PackedStream(docs, encode_bytes, EOS_ID, seq_len=600, seed=0, shuffle=False)
+    last_questions = []
+    for doc in docs:
+        sequence = stream.next_sequence()
+        assert sequence == [*encode_bytes(doc.text()), EOS_ID]  # one whole document per sequence
+        text = doc.text()
+        last_questions.append(text.rindex("\nWhat is"))
+        for city, number in re.findall(r"What is the special magic (\w+) number\? .*? is: (\d+)\.", text):
+            assert f"The special magic {city} number is: {number}." in text.split("\nWhat is")[0]
+    # The questions end anywhere from ~1/3 of the way in to the end, not at one position.
+    assert min(last_questions) < 250 and max(last_questions) > 450, sorted(last_questions)
+    # Without SHORTEST (or with SHORTEST = LENGTH) the documents are the ones they always were.
+    assert [d.text() for d in list_documents("needle:600:5:600")] == [
+        d.text() for d in list_documents("needle:600:5")
+    ]
+    for bad in ("needle:600:5:100", "needle:600:5:601"):
+        with pytest.raises(DataError, match="shortest needle document must be 160 .. LENGTH = 600"):
+            list_documents(bad)
+
+
 def test_copy_documents_repeat_a_span_at_any_distance_and_fill_their_sequence_without_an_eos():
     docs = list_documents("copy:128:4")
     assert [d.text() for d in docs] == [d.text() for d in list_documents("copy:128:4")]
@@ -166,8 +188,8 @@ def test_copy_documents_repeat_a_span_at_any_distance_and_fill_their_sequence_wi
         list_documents("copy:15")
     with pytest.raises(DataError, match=re.escape("use copy:LENGTH[:COUNT[:SPAN[:MAX_DISTANCE]]]")):
         list_documents("copy:128:3:9:20:1")
-    with pytest.raises(DataError, match=re.escape("use needle:LENGTH[:COUNT]")):
-        list_documents("needle:128:3:9")
+    with pytest.raises(DataError, match=re.escape("use needle:LENGTH[:COUNT[:SHORTEST]]")):
+        list_documents("needle:400:3:200:1")
 
 
 def test_a_copy_source_takes_the_span_it_repeats_and_how_far_back():

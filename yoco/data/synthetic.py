@@ -1,6 +1,6 @@
 """Synthetic documents, generated from a seed: needle retrieval and copying from context.
 
-Both are training sources (``needle:LENGTH[:COUNT]``, ``copy:LENGTH[:COUNT]`` in
+Both are training sources (``needle:LENGTH[:COUNT[:SHORTEST]]``, ``copy:LENGTH[:COUNT]`` in
 :mod:`yoco.data.sources`); the needle prompts are also what ``yoco eval needle`` asks
 (:mod:`yoco.eval.needle`), and the copy documents what ``yoco eval copy`` scores.
 """
@@ -115,23 +115,41 @@ def _training_filler() -> tuple[int, ...]:
     return tuple(encode_bytes(stdlib_prose(400_000).encode("ascii", "ignore").decode()))
 
 
-def needle_training_text(index: int, length: int) -> str:
+SHORTEST_NEEDLE_DOCUMENT = 160  # one needle, its question and answer, and a little haystack
+
+
+def needle_training_text(index: int, length: int, shortest: int | None = None) -> str:
     """A synthetic training document, seeded by ``index``: 2-5 needles at random depths of a
-    byte-level haystack (fewer in short documents), then every one of them asked and answered in turn (one question per
-    document left the retrieval signal too sparse to learn from: a 4-layer model trained
-    1500 steps on it answered a constant). Text plus the EOS the packer appends come to exactly
-    ``length`` bytes, so with the byte tokenizer and ``seq_len = length`` every training
-    sequence of this source is one whole document (no needle is cut off by packing)."""
+    byte-level haystack (fewer in short documents), then every one of them asked and answered in
+    turn (one question per document left the retrieval signal too sparse to learn from: a
+    4-layer model trained 1500 steps on it answered a constant). Text plus the EOS the packer
+    appends come to exactly ``length`` bytes, so with the byte tokenizer and ``seq_len = length``
+    every training sequence of this source is one whole document (no needle is cut off by
+    packing).
+
+    With ``shortest``, the haystack and its questions take a random ``shortest .. length`` bytes
+    and plain filler text follows the last answer up to ``length``. The questions then come at
+    varying positions: with every question at the end of the sequence, a model learned to
+    answer at the one position it was trained at (trained at 2048 bytes it answered 0.98 of the
+    needles at 2048 and 0.40 at 1024, docs/EVALUATION.md)."""
+    shortest = length if shortest is None else shortest
+    if not SHORTEST_NEEDLE_DOCUMENT <= shortest <= length:
+        raise ValueError(
+            f"the shortest needle document must be {SHORTEST_NEEDLE_DOCUMENT} .. LENGTH = {length} bytes, "
+            f"got {shortest}"
+        )
     rng = random.Random(f"needle-train:{index}")
-    most = max(1, min(5, length // 200))  # each needle and its question take about 130 bytes
+    used = length if shortest == length else rng.randint(shortest, length)  # keeps old documents
+    most = max(1, min(5, used // 200))  # each needle and its question take about 130 bytes
     cities = rng.sample(CITIES, rng.randint(min(2, most), most))
     answer = " 1234567."  # every number has 7 digits
     tail_bytes = len(answer) + sum(len(question(c) + answer) for c in cities[1:]) + len("\n") + 1  # + EOS
-    prompt = build_prompt(
-        encode_bytes, list(_training_filler()), length - tail_bytes, rng.random(), rng, cities=cities
-    )
+    filler = _training_filler()
+    prompt = build_prompt(encode_bytes, list(filler), used - tail_bytes, rng.random(), rng, cities=cities)
     tail = "".join(f"{question(c)} {prompt.numbers[c]}." for c in cities[1:])
-    return f"{decode_bytes(prompt.ids)} {prompt.answer}.{tail}\n"
+    start = rng.randrange(len(filler) - (length - used)) if used < length else 0
+    after = decode_bytes(list(filler[start : start + length - used]))
+    return f"{decode_bytes(prompt.ids)} {prompt.answer}.{tail}\n{after}"
 
 
 def _contains(haystack: list[int], needle: list[int]) -> bool:
@@ -206,6 +224,6 @@ class SyntheticSource:
 
 
 SYNTHETIC = {
-    "needle": SyntheticSource(needle_training_text, (), eos=True),
+    "needle": SyntheticSource(needle_training_text, ("shortest",), eos=True),
     "copy": SyntheticSource(copy_training_text, ("span", "max_distance"), eos=False),
 }
