@@ -105,7 +105,8 @@ def heatmap(result: dict, path: Path, title: str = "needle retrieval") -> None:
     ax.set_yticks(range(len(depths)), [f"{d:.0%}" for d in depths])
     ax.set_xlabel("context length (tokens)")
     ax.set_ylabel("needle depth")
-    ax.set_title(f"{title} ({result['needles']} needle(s), {result['trials']} trials/cell)")
+    needles = "1 needle" if result["needles"] == 1 else f"{result['needles']} needles"
+    ax.set_title(f"{title} ({needles}, {result['trials']} trials/cell)")
     for i in range(len(depths)):
         for j in range(len(lengths)):
             ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=8)
