@@ -316,11 +316,11 @@ def show_value(value) -> str:
     return "(not set)" if value is UNSET else json.dumps(value)
 
 
-def unresumable_changes(old: dict, new: dict) -> str:
-    """The differences from recipe ``old`` to ``new`` that a resume may not make, as
-    ``"key: old -> new; ..."`` ("" when there are none)."""
+def unresumable_changes(differences: dict[str, tuple]) -> str:
+    """The entries of ``differences`` (:func:`recipe_differences`) that a resume may not make,
+    as ``"key: old -> new; ..."`` ("" when there are none)."""
     return "; ".join(
         f"{k}: {show_value(a)} -> {show_value(b)}"
-        for k, (a, b) in recipe_differences(old, new).items()
+        for k, (a, b) in differences.items()
         if k not in RESUMABLE_CHANGES
     )

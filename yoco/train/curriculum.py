@@ -35,6 +35,7 @@ from yoco.train.config import (
     RunConfig,
     check_config,
     read_recipe,
+    recipe_differences,
     run_config,
     unresumable_changes,
 )
@@ -60,7 +61,8 @@ class Stage:
 
     @property
     def finished(self) -> bool:
-        return self.latest is not None and ckpt.checkpoint_step(self.latest) >= self.config.train.max_steps
+        latest = self.latest
+        return latest is not None and ckpt.checkpoint_step(latest) >= self.config.train.max_steps
 
 
 def merged(base: dict, override: dict) -> dict:
@@ -133,7 +135,8 @@ def check_unchanged(stage: Stage) -> None:
     stored = stage.latest / ckpt.RECIPE
     if not stored.is_file():
         return
-    if details := unresumable_changes(json.loads(stored.read_text()), stage.config.as_stored()):
+    differences = recipe_differences(json.loads(stored.read_text()), stage.config.as_stored())
+    if details := unresumable_changes(differences):
         raise ConfigError(
             f"--resume: {stage.label} finished with another recipe ({details}), and the stages after it "
             "were trained from it: restore it, or start the curriculum in another --out"

@@ -470,7 +470,7 @@ def check_resume_recipe(
     if stored is None:
         return changes
     differences = recipe_differences(stored, recipe)
-    if details := unresumable_changes(stored, recipe):
+    if details := unresumable_changes(differences):
         raise ConfigError(
             f"--resume: the recipe differs from the one {latest.name} was trained with ({source}): {details}. "
             f"Only {', '.join(sorted(RESUMABLE_CHANGES))} may change on resume: restore the others, "
