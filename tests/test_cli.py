@@ -231,6 +231,26 @@ def test_bad_model_folders_are_named_in_one_line(tmp_path, capsys, monkeypatch):
     assert f"{weights} is not a readable safetensors file" in one_line_exit([*generate, str(run)], capsys)
 
 
+def test_eval_sets_a_config_field_for_that_evaluation_only(tmp_path, capsys):
+    """`yoco eval ... --set FIELD=VALUE` loads the saved weights under a changed inference option;
+    an unknown field, a bad value or a malformed item is refused in one line."""
+    run, folder = saved_run(tmp_path)
+    model, _ = load_pretrained(run, config_overrides={"cross_decoder_logn_base": 4})
+    expected = tiny_model("yoco-swa", vocab_size=258, cross_decoder_logn_base=4)
+    ids = torch.arange(40)[None]
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, expected(ids).logits, atol=0, rtol=0)
+    assert json.loads((folder / "config.json").read_text()).get("cross_decoder_logn_base") is None
+
+    copy = ["eval", "copy", "--model", str(run), "--documents", "1", "--set"]
+    assert "no config field 'logn'" in one_line_exit([*copy, "logn=4"], capsys)
+    assert "or a length >= 2, got 1" in one_line_exit([*copy, "cross_decoder_logn_base=1"], capsys)
+    assert "--set takes FIELD=VALUE, got 'cross_decoder_logn_base'" in one_line_exit(
+        [*copy, "cross_decoder_logn_base"], capsys
+    )
+    assert "with hidden_size=64" in one_line_exit([*copy, "hidden_size=64"], capsys)
+
+
 @pytest.mark.parametrize(
     "argv, problem",
     [

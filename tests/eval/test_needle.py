@@ -73,8 +73,24 @@ def test_eval_needle_writes_accuracy_per_depth_and_per_answer_token(tmp_path):
     model_dir, out = tmp_path / "model", tmp_path / "eval"
     tiny_model("yoco-swa", vocab_size=258).save_pretrained(model_dir)
     byte_tokenizer().save_pretrained(model_dir)
-    eval_main(["needle", "--model", str(model_dir), "--lengths", "160", "--trials", "1", "--out", str(out)])
+    logn = "cross_decoder_logn_base=128"
+    eval_main(
+        [
+            "needle",
+            "--model",
+            str(model_dir),
+            "--lengths",
+            "160",
+            "--trials",
+            "1",
+            "--out",
+            str(out),
+            "--set",
+            logn,
+        ]
+    )
     result = json.loads((out / "needle.json").read_text())
+    assert result["config_overrides"] == [logn]
     assert sorted(result["accuracy"]) == sorted(f"160:{d}" for d in result["depths"])
     per_token = result["answer_token_accuracy"]["160"]
     # " " and 7 digits, each a share of the 11 depths x 1 trial

@@ -540,6 +540,25 @@ def test_int8_batches_of_unequal_prompts_equal_single_runs_and_bad_formats_are_r
         model.new_cache(1, 8, kv_cache_dtype="float8")
 
 
+@pytest.mark.parametrize("kind", ["yoco-gret+nope", "yoco-swa", "yoco-swa+diff"])
+def test_log_n_scaled_queries_decode_as_the_full_forward(kind):
+    """cross_decoder_logn_base: each query's factor follows its own row's position, so cached
+    logits (prefill, chunk, one-token steps) equal the full forward, a batch of unequal prompts
+    equals single runs, and greedy decoding equals re-running the whole sequence."""
+    model = sharpen_attention(tiny_model(kind, cross_decoder_logn_base=4))
+    ids = torch.tensor([prompt_of(30), prompt_of(30, seed=1)])
+    with torch.no_grad():
+        full = model(ids).logits
+        torch.testing.assert_close(cached_logits(model, ids), full, atol=1e-5, rtol=0)
+        model.config.cross_decoder_logn_base = None
+        assert (model(ids).logits - full).abs().max() > 1e-2, "the scaling should change the logits"
+        model.config.cross_decoder_logn_base = 4
+    prompts = [prompt_of(n, seed=n) for n in (1, WINDOW + 1, 3 * WINDOW + 5)]
+    singles = [yoco.generate(model, [p], 6)[0] for p in prompts]
+    assert yoco.generate(model, prompts, 6) == singles
+    assert singles[2] == greedy_by_full_forward(model, prompts[2], 6)
+
+
 @pytest.mark.parametrize("kind", ["yoco-swa+conv", "yoco-gret+conv", "gret-only+conv", "yoco-swa+diff+conv"])
 def test_a_short_convolution_caches_its_last_inputs_exactly(kind, tmp_path):
     """short_conv_size: cached logits (prefill, chunk, one-token steps) equal the full forward;

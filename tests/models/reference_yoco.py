@@ -14,7 +14,9 @@ file follows the library's documented convention and says so:
   * the SWA self-decoder's keys/values use ``num_key_value_heads`` (grouped-query attention);
     the official SWA layer has full key/value heads (identical when the two counts are equal);
   * ``short_conv_size`` > 0 adds a short causal convolution before each self-decoder mixer,
-    which neither the paper nor the official code has (the ``yoco-gret`` kind's default).
+    which neither the paper nor the official code has (the ``yoco-gret`` kind's default);
+  * ``cross_decoder_logn_base`` multiplies the cross-decoder's scores by log-n factors beyond
+    that many keys, also an addition of the library's.
 
 Shapes: x (B, N, hidden); per-head tensors (B, heads, N, d). Linear weights are in torch's
 (out, in) layout, so a projection is ``x @ W.T``.
@@ -203,13 +205,23 @@ def shared_kv(x, w, kv_heads, eps, tables):
     return (k if tables is None else rotate(k, tables)), v
 
 
-def cross_attention_layer(x, keys, values, w, heads, tables, trace=None):
+def logn_factors(n_queries: int, n_keys: int, base: int) -> torch.Tensor:
+    """Log-n scaling: the query at position p (the last ``n_queries`` of ``n_keys``) sees p + 1
+    keys, and its scores are multiplied by max(1, ln(p + 1) / ln(base)). Shape (Nq,)."""
+    keys_seen = torch.arange(n_keys - n_queries, n_keys, dtype=torch.float64) + 1
+    return torch.clamp(torch.log(keys_seen) / math.log(base), min=1.0)
+
+
+def cross_attention_layer(x, keys, values, w, heads, tables, trace=None, logn_base=None):
     """§2.3: Q = X W_Q (rotated with the queries' positions unless position-free);
     causal softmax attention to the shared K̂, V̂; output W_O. ``x`` holds the last Nq of the
-    Nk positions; ``tables`` are those of the Nq query positions."""
+    Nk positions; ``tables`` are those of the Nq query positions. With ``logn_base``, each
+    query's scores are multiplied by its log-n factor (done on Q: the scores are linear in it)."""
     q = split_heads(linear(x, w["q_proj"]), heads)
     if tables is not None:
         q = rotate(q, tables)
+    if logn_base is not None:
+        q = q * logn_factors(q.shape[2], keys.shape[2], logn_base)[:, None]
     mask = causal_mask(q.shape[2], keys.shape[2])
     out = softmax_attention(q, keys, values, mask, trace, "cross")
     return linear(merge_heads(out), w["o_proj"])
@@ -291,7 +303,14 @@ def yoco_logits(config, state_dict: dict, input_ids: torch.Tensor, trace: dict |
         w = weights_under(state_dict, f"model.cross_decoder.{i}.")
         h = rms_norm(x, w["input_layernorm"], eps)
         x = x + cross_attention_layer(
-            h, keys, values, weights_under(w, "cross_attn."), heads, cross_tables, trace
+            h,
+            keys,
+            values,
+            weights_under(w, "cross_attn."),
+            heads,
+            cross_tables,
+            trace,
+            config.cross_decoder_logn_base,
         )
         x = x + swiglu(rms_norm(x, w["post_attention_layernorm"], eps), weights_under(w, "mlp."))
 

@@ -127,6 +127,8 @@ BAD_CONFIGS = [
     (YocoConfig, dict(num_hidden_layers=4, num_self_decoder_layers=0), "num_self_decoder_layers"),
     (YocoConfig, dict(num_hidden_layers=4, num_self_decoder_layers=4), "num_self_decoder_layers"),
     (YocoConfig, dict(num_hidden_layers=1), "num_self_decoder_layers"),
+    (YocoConfig, dict(cross_decoder_logn_base=1), "cross_decoder_logn_base"),
+    (YocoConfig, dict(cross_decoder=False, cross_decoder_logn_base=64), "cross_decoder_logn_base"),
     (TransformerConfig, dict(vocab_size=0), "vocab_size"),
 ]
 

@@ -111,9 +111,11 @@ def assert_sharp(trace: dict) -> None:
 # swa (position-free cross-decoder, its default) 1.7e-5, swa with a rotary cross-decoder
 # 1.6e-5, swa with a short convolution 1.9e-5, gret (with its default short convolution)
 # 2.2e-5, gret without 1.5e-5, gret position-free 1.7e-5, swa with 4 kv heads 1.2e-5, gret
-# with 1 kv head and a 3:1 split 2.7e-5. Tolerance ~2x the largest;
+# with 1 kv head and a 3:1 split 2.7e-5, gret position-free with log-n scaling 2.2e-5 (counting
+# p keys instead of p + 1 in its factor misses by 4.6e-3). Tolerance ~2x the largest;
 # the convolution's kernel applied reversed misses by 5.6 standard deviations (tested below).
 MODEL_REL_TOL = 6e-5
+LOGN_BASE = 64  # below N: positions 64.. of the N are scaled, by up to ln(300) / ln(64) = 1.37
 MODEL_CASES = {
     "swa": dict(self_decoder="swa"),  # position-free cross-decoder, its default
     "swa-rotary-cross-decoder": dict(self_decoder="swa", parts="+crosspos"),  # the paper's
@@ -121,6 +123,7 @@ MODEL_CASES = {
     "gret": dict(self_decoder="gret"),  # with its default short convolution
     "gret-without-conv": dict(self_decoder="gret", parts="+noconv"),  # the paper's YOCO-gRet
     "gret-position-free": dict(self_decoder="gret", cross_decoder_positions=False),
+    "gret-logn-scaled": dict(self_decoder="gret", parts="+nope", cross_decoder_logn_base=LOGN_BASE),
     "swa-mha": dict(self_decoder="swa", num_key_value_heads=4),
     "gret-mqa-3-to-1": dict(self_decoder="gret", num_key_value_heads=1, num_self_decoder_layers=3),
 }
@@ -157,6 +160,20 @@ def test_a_short_convolution_applied_in_reverse_misses_the_reference(monkeypatch
         assert_far_from(
             model(ids).logits, ref.yoco_logits(model.config, model.state_dict(), ids), MODEL_REL_TOL
         )
+
+
+def test_without_its_log_n_scaling_the_reference_misses_only_the_positions_past_the_base():
+    """The control of the log-n case: the model with the scaling equals the plain reference on
+    the positions that see at most ``base`` keys and is far from it on the rest."""
+    model = sharpened_model(**MODEL_CASES["gret-logn-scaled"])
+    ids = torch.randint(0, model.config.vocab_size, (2, N), generator=torch.Generator().manual_seed(2))
+    model.config.cross_decoder_logn_base = None
+    plain = ref.yoco_logits(model.config, model.state_dict(), ids)
+    model.config.cross_decoder_logn_base = LOGN_BASE
+    with torch.no_grad():
+        got = model(ids).logits
+    assert_matches(got[:, :LOGN_BASE], plain[:, :LOGN_BASE], MODEL_REL_TOL)
+    assert_far_from(got[:, LOGN_BASE:], plain[:, LOGN_BASE:], MODEL_REL_TOL)
 
 
 def test_the_reference_rejects_what_it_does_not_implement():

@@ -7,14 +7,42 @@ import sys
 from pathlib import Path
 
 
-def _load(path: str, dtype: str):
-    """A saved model and its tokenizer (:func:`yoco.models.pretrained.load_pretrained`): a
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of a command that evaluates a saved model."""
+    parser.add_argument("--model", required=True, help="a saved model, checkpoint or run folder")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument(
+        "--set",
+        dest="config_overrides",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="a model config field for this evaluation only, e.g. cross_decoder_logn_base=1024 "
+        "(log-n attention scaling beyond that length)",
+    )
+
+
+def config_overrides(items: list[str]) -> dict:
+    """``FIELD=VALUE`` items -> {field: value}, each value parsed as TOML (else kept as text)."""
+    from yoco.train.config import parse_value
+
+    overrides = {}
+    for item in items:
+        field, equals, value = item.partition("=")
+        if not equals or not field.strip():
+            raise ValueError(f"--set takes FIELD=VALUE, got {item!r}")
+        overrides[field.strip()] = parse_value(value.strip())
+    return overrides
+
+
+def _load(args: argparse.Namespace):
+    """The saved model and its tokenizer (:func:`yoco.models.pretrained.load_pretrained`): a
     save_pretrained or checkpoint folder, or a run folder's latest checkpoint."""
     import torch
 
     from yoco.models.pretrained import load_pretrained
 
-    return load_pretrained(path, getattr(torch, dtype))
+    return load_pretrained(args.model, getattr(torch, args.dtype), config_overrides(args.config_overrides))
 
 
 def mqar_setting(text: str) -> tuple[int, int, int | None]:
@@ -118,30 +146,27 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="task", required=True)
 
     ppl = sub.add_parser("ppl", help="loss and perplexity on a data source")
-    ppl.add_argument("--model", required=True)
+    add_model_arguments(ppl)
     ppl.add_argument("--data", required=True, help="file, folder or 'stdlib'")
     ppl.add_argument("--seq-len", type=int, default=512)
     ppl.add_argument("--batch-size", type=int, default=8)
     ppl.add_argument("--max-tokens", type=int)
-    ppl.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
 
     needle = sub.add_parser("needle", help="needle-in-a-haystack accuracy heat map")
-    needle.add_argument("--model", required=True)
+    add_model_arguments(needle)
     needle.add_argument("--lengths", type=int, nargs="+", default=[256, 512, 1024])
     needle.add_argument("--trials", type=int, default=3)
     needle.add_argument("--needles", type=int, default=1, help="needles hidden (one is asked)")
     needle.add_argument("--filler", help="a text file to use as haystack (default: stdlib prose)")
     needle.add_argument("--seed", type=int, default=0)
     needle.add_argument("--out", default="runs/needle")
-    needle.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
 
     copy = sub.add_parser("copy", help="teacher-forced accuracy at copying a span from the context")
-    copy.add_argument("--model", required=True)
+    add_model_arguments(copy)
     copy.add_argument("--length", type=int, default=128, help="document length in bytes")
     copy.add_argument("--span", type=int, help="bytes repeated (default length // 8, as copy:LENGTH)")
     copy.add_argument("--max-distance", type=int, help="farthest repeat (default: the whole document)")
     copy.add_argument("--documents", type=int, default=256)
-    copy.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
 
     mqar = sub.add_parser("mqar", help="train small models on MQAR from scratch and report recall")
     mqar.add_argument(
@@ -182,14 +207,14 @@ def main(argv: list[str] | None = None) -> None:
         from yoco.eval.ppl import check_ppl_options, evaluate_ppl
 
         check_ppl_options(args.seq_len, args.batch_size, args.max_tokens)  # before the slow load
-        model, tokenizer = _load(args.model, args.dtype)
+        model, tokenizer = _load(args)
         result = evaluate_ppl(model, tokenizer, args.data, args.seq_len, args.batch_size, args.max_tokens)
         print(json.dumps(result))
     elif args.task == "needle":
         from yoco.eval.needle import check_needle_options, run_needle, save
 
         check_needle_options(args.lengths, args.trials, args.needles)
-        model, tokenizer = _load(args.model, args.dtype)
+        model, tokenizer = _load(args)
         filler = Path(args.filler).read_text() if args.filler else None
         result = run_needle(
             model,
@@ -200,6 +225,7 @@ def main(argv: list[str] | None = None) -> None:
             seed=args.seed,
             filler=filler,
         )
+        result["config_overrides"] = args.config_overrides  # --set FIELD=VALUE, as given
         save(result, Path(args.out))
         for length in args.lengths:
             cells = [result["accuracy"][f"{length}:{d}"] for d in result["depths"]]
@@ -211,7 +237,7 @@ def main(argv: list[str] | None = None) -> None:
         from yoco.eval.copy import check_copy_options, copy_accuracy
 
         check_copy_options(args.length, args.documents, args.span, args.max_distance)
-        model, tokenizer = _load(args.model, args.dtype)
+        model, tokenizer = _load(args)
         result = copy_accuracy(model, tokenizer, args.length, args.documents, args.span, args.max_distance)
         print(json.dumps(result))
     else:

@@ -13,8 +13,16 @@ exponential scale: queries at position n are multiplied by ``ζ_i^(n/B)``, keys 
 shifted by a fixed centre (half of max_position_embeddings) to keep ``ζ^(±n/B)`` within
 floating-point range; a fixed centre (not torchscale's per-call ``-length/2``) keeps cached
 decoding identical to the full forward.
+
+Log-n query scaling (:class:`LogNScaledQueries`; Chiang & Cholak 2022, the "logn attention" of
+Qwen) keeps softmax attention as sharp beyond the training length as within it: a query that
+sees n keys is multiplied by ``max(1, log n / log base)``. Spread over n keys, the same scores
+put less weight on the one key that matters as n grows; scaling the logits by log n offsets
+that. Below ``base`` keys nothing changes, so a model trained at lengths <= base trains and
+scores exactly as without it.
 """
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +36,7 @@ class Rope:
     cos: torch.Tensor
     sin: torch.Tensor
     scale: torch.Tensor | None = None
+    positions: torch.Tensor | None = None  # (B, N), the position ids the tables were made for
 
     def rotate_queries(self, x: torch.Tensor) -> torch.Tensor:
         """Rotate (and for XPos, scale up) ``x`` of shape (B, heads, N, d)."""
@@ -45,7 +54,7 @@ class Rope:
             return self
         n = self.cos.shape[1]
         pick = lambda t: None if t is None else t[:, n - keep_last :]  # noqa: E731
-        return Rope(pick(self.cos), pick(self.sin), pick(self.scale))
+        return Rope(pick(self.cos), pick(self.sin), pick(self.scale), pick(self.positions))
 
 
 class NoPositions:
@@ -63,6 +72,34 @@ class NoPositions:
 
 
 NO_POSITIONS = NoPositions()
+
+
+def logn_query_scale(positions: torch.Tensor, base: int) -> torch.Tensor:
+    """(B, N) position ids -> (B, N) factors ``max(1, log(p + 1) / log(base))``: the query at
+    position p sees p + 1 keys (positions count from 0 in every row)."""
+    return (torch.log1p(positions.double()) / math.log(base)).clamp(min=1.0)
+
+
+@dataclass
+class LogNScaledQueries:
+    """Wraps the position encoding of an attention (a :class:`Rope` or ``NO_POSITIONS``) and
+    multiplies its queries by per-position factors (:func:`logn_query_scale`); keys pass as
+    the wrapped encoding leaves them."""
+
+    positions: Rope | NoPositions
+    factors: torch.Tensor  # (B, N), float64
+
+    def rotate_queries(self, x: torch.Tensor) -> torch.Tensor:
+        return self.positions.rotate_queries(x) * self.factors[:, None, :, None].to(x.dtype)
+
+    def rotate_keys(self, x: torch.Tensor) -> torch.Tensor:
+        return self.positions.rotate_keys(x)
+
+    def last(self, keep_last: int | None) -> "LogNScaledQueries":
+        if keep_last is None:
+            return self
+        n = self.factors.shape[1]
+        return LogNScaledQueries(self.positions.last(keep_last), self.factors[:, n - keep_last :])
 
 
 class RotaryEmbedding(nn.Module):
@@ -100,7 +137,7 @@ class RotaryEmbedding(nn.Module):
             power = (position_ids[..., None].float() - self.xpos_center) / self.xpos_scale_base
             scale = torch.cat((zeta, zeta)) ** power  # (B, N, d)
             scale = scale.to(dtype)
-        return Rope(angles.cos().to(dtype), angles.sin().to(dtype), scale)
+        return Rope(angles.cos().to(dtype), angles.sin().to(dtype), scale, position_ids)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:

@@ -26,11 +26,17 @@ OUR_MODEL_TYPES = (YocoConfig.model_type, TransformerConfig.model_type, RetNetCo
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
-def load_pretrained(path: str | Path, dtype: torch.dtype = torch.float32):
+def load_pretrained(
+    path: str | Path, dtype: torch.dtype = torch.float32, config_overrides: dict | None = None
+):
     """(model in eval mode, tokenizer) from a ``save_pretrained`` folder, a checkpoint folder, or
     a run folder (its latest checkpoint). The tokenizer is the one saved beside the weights (a
     training run saves it in every checkpoint), or the byte-level tokenizer for a model of the
-    byte vocabulary saved without one; any other model without a tokenizer is refused."""
+    byte vocabulary saved without one; any other model without a tokenizer is refused.
+
+    ``config_overrides`` sets config fields before the model is built, for options that change
+    inference and not the weights (e.g. ``cross_decoder_logn_base``); an unknown field or a bad
+    value is refused, and a field that changes the weights' shapes fails the weights check."""
     folder = find_weights(Path(path))
     config_file, weights_file = folder / "config.json", folder / "model.safetensors"
     if not config_file.is_file():
@@ -47,16 +53,25 @@ def load_pretrained(path: str | Path, dtype: torch.dtype = torch.float32):
         config = AutoConfig.from_pretrained(folder)
     except (ValueError, TypeError, StrictDataclassError) as error:
         raise ValueError(f"{config_file}: {error}") from None
+    for field, value in (config_overrides or {}).items():
+        if field not in config.to_dict():
+            raise ValueError(f"{config_file}: a {model_type!r} model has no config field {field!r}")
+        try:
+            setattr(config, field, value)
+            config.check()
+        except (ValueError, TypeError, StrictDataclassError) as error:
+            raise ValueError(f"{field}={value!r}: {error}") from None
     try:
         model, info = AutoModelForCausalLM.from_pretrained(
-            folder, config=config, dtype=dtype, output_loading_info=True
+            folder, config=config, dtype=dtype, output_loading_info=True, ignore_mismatched_sizes=True
         )
     except SafetensorError as error:
         raise ValueError(f"{weights_file} is not a readable safetensors file ({error})") from None
     wrong = info["missing_keys"] or info["mismatched_keys"]
     if wrong:
+        changed = "".join(f", with {field}={value!r}" for field, value in (config_overrides or {}).items())
         raise ValueError(
-            f"{weights_file} does not hold the weights {config_file} describes "
+            f"{weights_file} does not hold the weights {config_file} describes{changed} "
             f"({len(wrong)} missing or of the wrong shape, e.g. {sorted(wrong)[0]})"
         )
     if any((folder / name).is_file() for name in TOKENIZER_FILES):

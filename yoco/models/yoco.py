@@ -8,6 +8,7 @@
            -> SharedKV: norm + one K/V projection (rotary on K, unless   <- the only cache that grows
               cross_decoder_positions=False: then no positions in the cross-decoder)
            -> cross-decoder: the remaining blocks, each attending causally to that one K/V
+              (with cross_decoder_logn_base, queries sharpened by log-n beyond that length)
            -> norm -> LM head
 
 The cross-decoder's input is the self-decoder's output. Embeddings are *not* scaled by
@@ -28,7 +29,7 @@ from yoco.layers.dilated_attention import DilatedAttention
 from yoco.layers.gated_retention import GatedRetention
 from yoco.layers.parts import make_cross_attention, make_mlp, make_self_attention
 from yoco.layers.retention import MultiScaleRetention
-from yoco.layers.rotary import NO_POSITIONS
+from yoco.layers.rotary import NO_POSITIONS, LogNScaledQueries, logn_query_scale
 from yoco.layers.short_conv import ShortConv
 from yoco.models.base import CausalLM, DecoderBackbone, DecoderConfig, last_positions
 from yoco.ops.dilated_attention import check_patterns
@@ -52,6 +53,11 @@ class YocoConfig(DecoderConfig):
     # or the cross queries, so looking a token up by content works the same at every distance,
     # including distances never seen in training. The self-decoder keeps its positions.
     cross_decoder_positions: bool = True
+    # An integer B: beyond B keys, each cross-decoder query is multiplied by log(keys) / log(B)
+    # (log-n scaling, yoco.layers.rotary.LogNScaledQueries), so attention stays as sharp past
+    # the training length as within it. Set B to the training length: shorter contexts are
+    # untouched, so it can be set on a model already trained without it. None: no scaling.
+    cross_decoder_logn_base: int | None = None
     # False: no shared K/V and no cross-decoder; every layer is a self-decoder layer. These are
     # the controls of the recall ablations ("swa-only", "gret-only" in yoco.models.registry):
     # the self-decoder mixer alone, with no global cache to look anything up in.
@@ -81,6 +87,8 @@ class YocoConfig(DecoderConfig):
                 )
             if not self.cross_decoder_positions:
                 raise ValueError("cross_decoder_positions=False needs a cross-decoder (cross_decoder=True)")
+            if self.cross_decoder_logn_base is not None:
+                raise ValueError("cross_decoder_logn_base needs a cross-decoder (cross_decoder=True)")
             if self.attention_type == "differential" and self.self_decoder != "swa":
                 raise ValueError(
                     f"attention_type 'differential' changes only the attention layers, and a "
@@ -90,6 +98,11 @@ class YocoConfig(DecoderConfig):
             raise ValueError(
                 f"num_self_decoder_layers must be in 1..num_hidden_layers-1 "
                 f"(1..{self.num_hidden_layers - 1}), got {self.num_self_decoder_layers}"
+            )
+        if self.cross_decoder_logn_base is not None and self.cross_decoder_logn_base < 2:
+            raise ValueError(
+                f"cross_decoder_logn_base must be None (no scaling) or a length >= 2, "
+                f"got {self.cross_decoder_logn_base!r}"
             )
         if self.gret_chunk_size < 1:
             raise ValueError(f"gret_chunk_size must be >= 1, got {self.gret_chunk_size}")
@@ -163,6 +176,9 @@ class YocoModel(DecoderBackbone):
         if self.shared_kv is None:  # a self-decoder-only control model
             return last_positions(x, keep_last)
         cross_rope = rope if self.config.cross_decoder_positions else NO_POSITIONS
+        if self.config.cross_decoder_logn_base is not None:
+            factors = logn_query_scale(rope.positions, self.config.cross_decoder_logn_base)
+            cross_rope = LogNScaledQueries(cross_rope, factors)
         keys, values = self.shared_kv(x, cross_rope)  # computed once, read by every cross layer
         key_mask = None
         if cache is not None:

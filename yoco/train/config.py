@@ -152,7 +152,8 @@ def _build(cls, values: dict, where: str):
     return cls(**kwargs)
 
 
-def _parse_value(text: str):
+def parse_value(text: str):
+    """A --set value: a TOML value (number, bool, string in quotes, list), else the text itself."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
@@ -170,7 +171,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             node = node.setdefault(section, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"--set {key}: {section} is not a section")
-        node[last] = _parse_value(value.strip())
+        node[last] = parse_value(value.strip())
     return raw
 
 
