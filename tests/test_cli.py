@@ -231,9 +231,9 @@ def test_bad_model_folders_are_named_in_one_line(tmp_path, capsys, monkeypatch):
     assert f"{weights} is not a readable safetensors file" in one_line_exit([*generate, str(run)], capsys)
 
 
-def test_eval_sets_a_config_field_for_that_evaluation_only(tmp_path, capsys):
-    """`yoco eval ... --set FIELD=VALUE` loads the saved weights under a changed inference option;
-    an unknown field, a bad value or a malformed item is refused in one line."""
+def test_set_changes_a_config_field_for_that_command_only(tmp_path, capsys):
+    """`yoco eval / generate ... --set FIELD=VALUE` loads the saved weights under a changed
+    inference option; an unknown field, a bad value or a malformed item is refused in one line."""
     run, folder = saved_run(tmp_path)
     model, _ = load_pretrained(run, config_overrides={"cross_decoder_logn_base": 4})
     expected = tiny_model("yoco-swa", vocab_size=258, cross_decoder_logn_base=4)
@@ -249,6 +249,8 @@ def test_eval_sets_a_config_field_for_that_evaluation_only(tmp_path, capsys):
         [*copy, "cross_decoder_logn_base"], capsys
     )
     assert "with hidden_size=64" in one_line_exit([*copy, "hidden_size=64"], capsys)
+    generate = ["generate", "--model", str(run), "--prompt", "ab", "--max-new-tokens", "2", "--set"]
+    assert "no config field 'logn'" in one_line_exit([*generate, "logn=4"], capsys)
 
 
 @pytest.mark.parametrize(

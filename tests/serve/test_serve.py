@@ -330,3 +330,13 @@ def test_serving_other_machines_needs_an_api_key(folder):
     assert parse(["--model", str(folder), "--host", "0.0.0.0", "--api-key", "k"]).api_key == "k"
     with pytest.raises(ValueError, match="--model /nonexistent does not exist"):
         parse(["--model", "/nonexistent"])
+
+
+def test_a_config_field_set_on_the_command_line_reaches_the_served_model(folder):
+    with pytest.raises(ValueError, match="--set takes FIELD=VALUE, got 'cross_decoder_logn_base'"):
+        parse(["--model", str(folder), "--set", "cross_decoder_logn_base"])
+    served = start(folder, "--set", "cross_decoder_logn_base=64")
+    try:
+        assert served.state["engine"].model.config.cross_decoder_logn_base == 64
+    finally:
+        stop(served)

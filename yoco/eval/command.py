@@ -9,30 +9,11 @@ from pathlib import Path
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of a command that evaluates a saved model."""
+    from yoco.models.pretrained import add_config_overrides_argument
+
     parser.add_argument("--model", required=True, help="a saved model, checkpoint or run folder")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    parser.add_argument(
-        "--set",
-        dest="config_overrides",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
-        help="a model config field for this evaluation only, e.g. cross_decoder_logn_base=1024 "
-        "(log-n attention scaling beyond that length)",
-    )
-
-
-def config_overrides(items: list[str]) -> dict:
-    """``FIELD=VALUE`` items -> {field: value}, each value parsed as TOML (else kept as text)."""
-    from yoco.train.config import parse_value
-
-    overrides = {}
-    for item in items:
-        field, equals, value = item.partition("=")
-        if not equals or not field.strip():
-            raise ValueError(f"--set takes FIELD=VALUE, got {item!r}")
-        overrides[field.strip()] = parse_value(value.strip())
-    return overrides
+    add_config_overrides_argument(parser)
 
 
 def _load(args: argparse.Namespace):
@@ -40,9 +21,10 @@ def _load(args: argparse.Namespace):
     save_pretrained or checkpoint folder, or a run folder's latest checkpoint."""
     import torch
 
-    from yoco.models.pretrained import load_pretrained
+    from yoco.models.pretrained import load_pretrained, parse_config_overrides
 
-    return load_pretrained(args.model, getattr(torch, args.dtype), config_overrides(args.config_overrides))
+    overrides = parse_config_overrides(args.config_overrides)
+    return load_pretrained(args.model, getattr(torch, args.dtype), overrides)
 
 
 def mqar_setting(text: str) -> tuple[int, int, int | None]:

@@ -22,19 +22,22 @@ from yoco.cache import KV_CACHE_DTYPES
 from yoco.inference.engine import check_prompt, decode
 from yoco.inference.sampling import check_sampling
 from yoco.models import KINDS, PRESETS, build
-from yoco.models.pretrained import load_pretrained
+from yoco.models.pretrained import add_config_overrides_argument, load_pretrained, parse_config_overrides
 from yoco.tokenizer import byte_tokenizer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-def load_model(path: str | None, preset: str | None, architecture: str, dtype: torch.dtype):
+def load_model(
+    path: str | None, preset: str | None, architecture: str, dtype: torch.dtype, overrides: dict | None = None
+):
     """(model in eval mode, its tokenizer): a saved one with its saved tokenizer
-    (:func:`yoco.models.pretrained.load_pretrained`), or a random preset with the byte-level one."""
+    (:func:`yoco.models.pretrained.load_pretrained`), or a random preset with the byte-level
+    one; ``overrides`` are config fields set on either."""
     if path:
-        return load_pretrained(path, dtype)
+        return load_pretrained(path, dtype, overrides)
     torch.manual_seed(0)
-    model = build(architecture, preset, where_applicable={"sliding_window": 256})
+    model = build(architecture, preset, where_applicable={"sliding_window": 256}, **(overrides or {}))
     return model.to(dtype).eval(), byte_tokenizer()
 
 
@@ -78,6 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int)
     parser.add_argument("--prefill-chunk-size", type=int)
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    add_config_overrides_argument(parser)
     parser.add_argument(
         "--kv-cache-dtype",
         choices=KV_CACHE_DTYPES,
@@ -95,7 +99,8 @@ def main(argv: list[str] | None = None) -> None:
     text = Path(args.prompt_file).read_text(encoding="utf-8") if args.prompt_file else args.prompt
     if not text:
         raise ValueError("prompt is empty: give at least one character")
-    model, tokenizer = load_model(args.model, args.config, args.arch, DTYPES[args.dtype])
+    overrides = parse_config_overrides(args.config_overrides)
+    model, tokenizer = load_model(args.model, args.config, args.arch, DTYPES[args.dtype], overrides)
     # As training tokenizes its documents: no special tokens added.
     prompt = tokenizer(text, add_special_tokens=False)["input_ids"]
     room = len(prompt) + args.max_new_tokens

@@ -86,20 +86,20 @@ class LogNScaledQueries:
     multiplies its queries by per-position factors (:func:`logn_query_scale`); keys pass as
     the wrapped encoding leaves them."""
 
-    positions: Rope | NoPositions
+    encoding: Rope | NoPositions
     factors: torch.Tensor  # (B, N), float64
 
     def rotate_queries(self, x: torch.Tensor) -> torch.Tensor:
-        return self.positions.rotate_queries(x) * self.factors[:, None, :, None].to(x.dtype)
+        return self.encoding.rotate_queries(x) * self.factors[:, None, :, None].to(x.dtype)
 
     def rotate_keys(self, x: torch.Tensor) -> torch.Tensor:
-        return self.positions.rotate_keys(x)
+        return self.encoding.rotate_keys(x)
 
     def last(self, keep_last: int | None) -> "LogNScaledQueries":
         if keep_last is None:
             return self
         n = self.factors.shape[1]
-        return LogNScaledQueries(self.positions.last(keep_last), self.factors[:, n - keep_last :])
+        return LogNScaledQueries(self.encoding.last(keep_last), self.factors[:, n - keep_last :])
 
 
 class RotaryEmbedding(nn.Module):

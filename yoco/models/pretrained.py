@@ -8,6 +8,7 @@ first and raises ``ValueError`` / ``FileNotFoundError`` with one line saying wha
 Weights are read from safetensors only, never unpickled.
 """
 
+import argparse
 import json
 from pathlib import Path
 
@@ -24,6 +25,32 @@ from yoco.train.checkpoint import find_weights
 
 OUR_MODEL_TYPES = (YocoConfig.model_type, TransformerConfig.model_type, RetNetConfig.model_type)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+def add_config_overrides_argument(parser: argparse.ArgumentParser) -> None:
+    """``--set FIELD=VALUE``, repeatable: a model config field for this command only."""
+    parser.add_argument(
+        "--set",
+        dest="config_overrides",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="a model config field for this command only, e.g. cross_decoder_logn_base=1024 "
+        "(log-n attention scaling beyond that length)",
+    )
+
+
+def parse_config_overrides(items: list[str]) -> dict:
+    """``FIELD=VALUE`` items -> {field: value}, each value parsed as TOML (else kept as text)."""
+    from yoco.train.config import parse_value
+
+    overrides = {}
+    for item in items:
+        field, equals, value = item.partition("=")
+        if not equals or not field.strip():
+            raise ValueError(f"--set takes FIELD=VALUE, got {item!r}")
+        overrides[field.strip()] = parse_value(value.strip())
+    return overrides
 
 
 def load_pretrained(

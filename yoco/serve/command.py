@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import uvicorn
 
-from yoco.models.pretrained import load_pretrained
+from yoco.models.pretrained import add_config_overrides_argument, load_pretrained, parse_config_overrides
 from yoco.serve.app import create_app
 from yoco.serve.engine import Engine
 
@@ -58,7 +58,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--body-timeout-s", type=float, default=30.0, help="a request body that stalls this long gets a 408"
     )
     parser.add_argument("--name", help="the model's name in /v1/models (default: the folder's name)")
+    add_config_overrides_argument(parser)
     args = parser.parse_args(argv)
+    args.config_overrides = parse_config_overrides(args.config_overrides)
     for flag in (
         "kv_budget_gib",
         "max_batch",
@@ -104,7 +106,7 @@ def build_server(args: argparse.Namespace) -> tuple[uvicorn.Server, dict]:
                 dtype = torch.bfloat16 if native_bf16(torch.device("cpu")) else torch.float32
             else:
                 dtype = DTYPES[args.dtype]
-            model, tokenizer = load_pretrained(args.model, dtype)
+            model, tokenizer = load_pretrained(args.model, dtype, args.config_overrides)
             engine = Engine(
                 model,
                 kv_budget_bytes=int(args.kv_budget_gib * 2**30),
