@@ -16,15 +16,15 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_overrides_argument(parser)
 
 
-def _load(args: argparse.Namespace):
+def _load(path: str, dtype: str, overrides: list[str] = ()):
     """The saved model and its tokenizer (:func:`yoco.models.pretrained.load_pretrained`): a
-    save_pretrained or checkpoint folder, or a run folder's latest checkpoint."""
+    save_pretrained or checkpoint folder, or a run folder's latest checkpoint; ``overrides``
+    are ``--set FIELD=VALUE`` items."""
     import torch
 
     from yoco.models.pretrained import load_pretrained, parse_config_overrides
 
-    overrides = parse_config_overrides(args.config_overrides)
-    return load_pretrained(args.model, getattr(torch, args.dtype), overrides)
+    return load_pretrained(path, getattr(torch, dtype), parse_config_overrides(list(overrides)))
 
 
 def mqar_setting(text: str) -> tuple[int, int, int | None]:
@@ -189,14 +189,14 @@ def main(argv: list[str] | None = None) -> None:
         from yoco.eval.ppl import check_ppl_options, evaluate_ppl
 
         check_ppl_options(args.seq_len, args.batch_size, args.max_tokens)  # before the slow load
-        model, tokenizer = _load(args)
+        model, tokenizer = _load(args.model, args.dtype, args.config_overrides)
         result = evaluate_ppl(model, tokenizer, args.data, args.seq_len, args.batch_size, args.max_tokens)
         print(json.dumps(result))
     elif args.task == "needle":
         from yoco.eval.needle import check_needle_options, run_needle, save
 
         check_needle_options(args.lengths, args.trials, args.needles)
-        model, tokenizer = _load(args)
+        model, tokenizer = _load(args.model, args.dtype, args.config_overrides)
         filler = Path(args.filler).read_text() if args.filler else None
         result = run_needle(
             model,
@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
         from yoco.eval.copy import check_copy_options, copy_accuracy
 
         check_copy_options(args.length, args.documents, args.span, args.max_distance)
-        model, tokenizer = _load(args)
+        model, tokenizer = _load(args.model, args.dtype, args.config_overrides)
         result = copy_accuracy(model, tokenizer, args.length, args.documents, args.span, args.max_distance)
         print(json.dumps(result))
     else:
