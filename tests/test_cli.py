@@ -13,7 +13,7 @@ import yoco
 from tests.helpers import tiny_model
 from yoco.cli import main
 from yoco.inference.command import StdoutStreamer
-from yoco.models.pretrained import load_pretrained
+from yoco.models.pretrained import load_pretrained, parse_config_overrides
 from yoco.tokenizer import BYTE_VOCAB_SIZE, byte_tokenizer, train_bpe
 
 
@@ -249,6 +249,11 @@ def test_set_changes_a_config_field_for_that_command_only(tmp_path, capsys):
         [*copy, "cross_decoder_logn_base"], capsys
     )
     assert "with hidden_size=64" in one_line_exit([*copy, "hidden_size=64"], capsys)
+    # Same shapes, one layer fewer: the saved weights of the fourth layer would be left unused.
+    assert "with num_hidden_layers=3" in one_line_exit([*copy, "num_hidden_layers=3"], capsys)
+    off = parse_config_overrides(["cross_decoder_logn_base=none"])
+    assert off == {"cross_decoder_logn_base": None}
+    assert load_pretrained(run, config_overrides=off)[0].config.cross_decoder_logn_base is None
     generate = ["generate", "--model", str(run), "--prompt", "ab", "--max-new-tokens", "2", "--set"]
     assert "no config field 'logn'" in one_line_exit([*generate, "logn=4"], capsys)
 

@@ -91,6 +91,7 @@ def test_eval_needle_writes_accuracy_per_depth_and_per_answer_token(tmp_path):
     )
     result = json.loads((out / "needle.json").read_text())
     assert result["config_overrides"] == [logn]
+    assert result["cross_decoder_logn_base"] == 128  # what the evaluated model had
     assert sorted(result["accuracy"]) == sorted(f"160:{d}" for d in result["depths"])
     per_token = result["answer_token_accuracy"]["160"]
     # " " and 7 digits, each a share of the 11 depths x 1 trial

@@ -540,7 +540,7 @@ def test_int8_batches_of_unequal_prompts_equal_single_runs_and_bad_formats_are_r
         model.new_cache(1, 8, kv_cache_dtype="float8")
 
 
-@pytest.mark.parametrize("kind", ["yoco-gret+nope", "yoco-swa", "yoco-swa+diff"])
+@pytest.mark.parametrize("kind", ["yoco-gret+nope", "yoco-gret", "yoco-swa", "yoco-swa+diff"])
 def test_log_n_scaled_queries_decode_as_the_full_forward(kind):
     """cross_decoder_logn_base: each query's factor follows its own row's position, so cached
     logits (prefill, chunk, one-token steps) equal the full forward, a batch of unequal prompts

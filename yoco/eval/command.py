@@ -208,6 +208,7 @@ def main(argv: list[str] | None = None) -> None:
             filler=filler,
         )
         result["config_overrides"] = args.config_overrides  # --set FIELD=VALUE, as given
+        result["cross_decoder_logn_base"] = getattr(model.config, "cross_decoder_logn_base", None)
         save(result, Path(args.out))
         for length in args.lengths:
             cells = [result["accuracy"][f"{length}:{d}"] for d in result["depths"]]

@@ -41,6 +41,7 @@ IGNORED_FIELDS = {
     "bos_token_id",
     "eos_token_id",
     "pad_token_id",
+    "cross_decoder_logn_base",  # scales queries only: the cached state and K/V are the same
 }
 
 

@@ -77,6 +77,8 @@ NO_POSITIONS = NoPositions()
 def logn_query_scale(positions: torch.Tensor, base: int) -> torch.Tensor:
     """(B, N) position ids -> (B, N) factors ``max(1, log(p + 1) / log(base))``: the query at
     position p sees p + 1 keys (positions count from 0 in every row)."""
+    if base < 2:  # (the config refuses it too; this guards a config edited after its check)
+        raise ValueError(f"cross_decoder_logn_base must be a length >= 2, got {base!r}")
     return (torch.log1p(positions.double()) / math.log(base)).clamp(min=1.0)
 
 
@@ -90,7 +92,8 @@ class LogNScaledQueries:
     factors: torch.Tensor  # (B, N), float64
 
     def rotate_queries(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoding.rotate_queries(x) * self.factors[:, None, :, None].to(x.dtype)
+        rotated = self.encoding.rotate_queries(x)  # (its dtype: fp32 tables under autocast)
+        return rotated * self.factors[:, None, :, None].to(rotated.dtype)
 
     def rotate_keys(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoding.rotate_keys(x)

@@ -41,7 +41,8 @@ def add_config_overrides_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_config_overrides(items: list[str]) -> dict:
-    """``FIELD=VALUE`` items -> {field: value}, each value parsed as TOML (else kept as text)."""
+    """``FIELD=VALUE`` items -> {field: value}, each value parsed as TOML (else kept as text);
+    ``none`` or ``null`` is None, so an option can be turned off (TOML has no null)."""
     from yoco.train.config import parse_value
 
     overrides = {}
@@ -49,7 +50,8 @@ def parse_config_overrides(items: list[str]) -> dict:
         field, equals, value = item.partition("=")
         if not equals or not field.strip():
             raise ValueError(f"--set takes FIELD=VALUE, got {item!r}")
-        overrides[field.strip()] = parse_value(value.strip())
+        value = value.strip()
+        overrides[field.strip()] = None if value.lower() in ("none", "null") else parse_value(value)
     return overrides
 
 
@@ -63,7 +65,8 @@ def load_pretrained(
 
     ``config_overrides`` sets config fields before the model is built, for options that change
     inference and not the weights (e.g. ``cross_decoder_logn_base``); an unknown field or a bad
-    value is refused, and a field that changes the weights' shapes fails the weights check."""
+    value is refused, and so is a field that changes which weights the model has or their
+    shapes (the saved weights must fill the model exactly)."""
     folder = find_weights(Path(path))
     config_file, weights_file = folder / "config.json", folder / "model.safetensors"
     if not config_file.is_file():
@@ -80,26 +83,31 @@ def load_pretrained(
         config = AutoConfig.from_pretrained(folder)
     except (ValueError, TypeError, StrictDataclassError) as error:
         raise ValueError(f"{config_file}: {error}") from None
-    for field, value in (config_overrides or {}).items():
+    overrides = config_overrides or {}
+    for field in overrides:
         if field not in config.to_dict():
             raise ValueError(f"{config_file}: a {model_type!r} model has no config field {field!r}")
-        try:
+    changed = ", ".join(f"{field}={value!r}" for field, value in overrides.items())
+    try:  # all set before one check: fields that must change together can
+        for field, value in overrides.items():
             setattr(config, field, value)
-            config.check()
-        except (ValueError, TypeError, StrictDataclassError) as error:
-            raise ValueError(f"{field}={value!r}: {error}") from None
+        config.check()
+    except (ValueError, TypeError, StrictDataclassError) as error:
+        raise ValueError(f"{changed}: {error}") from None
     try:
         model, info = AutoModelForCausalLM.from_pretrained(
             folder, config=config, dtype=dtype, output_loading_info=True, ignore_mismatched_sizes=True
         )
     except SafetensorError as error:
         raise ValueError(f"{weights_file} is not a readable safetensors file ({error})") from None
-    wrong = info["missing_keys"] or info["mismatched_keys"]
+    # transformers lists a mismatched weight as (name, saved shape, model shape).
+    mismatched = [key if isinstance(key, str) else key[0] for key in info["mismatched_keys"]]
+    wrong = sorted(info["missing_keys"]) + sorted(mismatched) + sorted(info["unexpected_keys"])
     if wrong:
-        changed = "".join(f", with {field}={value!r}" for field, value in (config_overrides or {}).items())
         raise ValueError(
-            f"{weights_file} does not hold the weights {config_file} describes{changed} "
-            f"({len(wrong)} missing or of the wrong shape, e.g. {sorted(wrong)[0]})"
+            f"{weights_file} does not hold the weights {config_file} describes"
+            f"{', with ' + changed if changed else ''} ({len(wrong)} missing, of the wrong shape "
+            f"or left over, e.g. {wrong[0]})"
         )
     if any((folder / name).is_file() for name in TOKENIZER_FILES):
         return model.eval(), AutoTokenizer.from_pretrained(folder)
