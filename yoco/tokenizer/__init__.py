@@ -47,7 +47,11 @@ def _byte_to_char() -> dict[int, str]:
 
 def _wrap(tokenizer: Tokenizer) -> PreTrainedTokenizerFast:
     tokenizer.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<bos>", eos_token="<eos>")
+    # split_special_tokens: a text that spells "<eos>" is encoded as its bytes, not as the
+    # end-of-sequence id (a document quoting it must not end there, nor a prompt inject it).
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token="<bos>", eos_token="<eos>", split_special_tokens=True
+    )
 
 
 def byte_tokenizer() -> PreTrainedTokenizerFast:
