@@ -16,7 +16,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_overrides_argument(parser)
 
 
-def _load(path: str, dtype: str, overrides: list[str] = ()):
+def _load(path: str, dtype: str, overrides: tuple[str, ...] | list[str] = ()):
     """The saved model and its tokenizer (:func:`yoco.models.pretrained.load_pretrained`): a
     save_pretrained or checkpoint folder, or a run folder's latest checkpoint; ``overrides``
     are ``--set FIELD=VALUE`` items."""
@@ -24,7 +24,7 @@ def _load(path: str, dtype: str, overrides: list[str] = ()):
 
     from yoco.models.pretrained import load_pretrained, parse_config_overrides
 
-    return load_pretrained(path, getattr(torch, dtype), parse_config_overrides(list(overrides)))
+    return load_pretrained(path, getattr(torch, dtype), parse_config_overrides(overrides))
 
 
 def mqar_setting(text: str) -> tuple[int, int, int | None]:

@@ -10,6 +10,7 @@ Weights are read from safetensors only, never unpickled.
 
 import argparse
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -40,7 +41,7 @@ def add_config_overrides_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def parse_config_overrides(items: list[str]) -> dict:
+def parse_config_overrides(items: Iterable[str]) -> dict:
     """``FIELD=VALUE`` items -> {field: value}, each value parsed as TOML (else kept as text);
     ``none`` or ``null`` is None, so an option can be turned off (TOML has no null)."""
     from yoco.train.config import parse_value
