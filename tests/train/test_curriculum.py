@@ -114,6 +114,29 @@ def test_a_stopped_curriculum_resumes_exactly(corpus, tmp_path):
         )
 
 
+def test_a_gated_stage_hands_over_once_it_reaches_its_validation_loss(corpus, tmp_path):
+    # The stage's budget is 40 steps; a target every evaluation meets ends it at its first (step 4).
+    gate = {"train": {"max_steps": 40, "stop_at_val_loss": 100.0}, "eval": {"every": 4}}
+    recipe = curriculum(corpus, tmp_path, first=gate)
+    out = tmp_path / "run"
+    main([recipe, "--out", str(out), "--max-steps", "2", "--no-progress"])  # stops inside the stage
+    assert steps_logged(out / "stages" / "first") == [1, 2] and not (out / "checkpoints").exists()
+    main([recipe, "--out", str(out), "--resume", "--no-progress"])
+    first = out / "stages" / "first"
+    assert steps_logged(first) == [1, 2, 3, 4] and steps_logged(out) == [1, 2, 3, 4]
+    assert ckpt.latest_checkpoint(first / "checkpoints").name == "step-0000004"
+    assert json.loads((out / "run_config.json").read_text())["train"]["init_from"] == str(first)
+    with pytest.raises(SystemExit, match="nothing to train"):  # the gated stage counts as finished
+        main([recipe, "--out", str(out), "--resume", "--no-progress"])
+    assert steps_logged(first) == [1, 2, 3, 4]
+    # Without its gate the stage is not finished: it trains on, here to a budget of 6 steps (the
+    # recipe's own stage, already at its last step, then has nothing to train).
+    lowered = ["--set", "stages.first.train.stop_at_val_loss=0.01", "--set", "stages.first.train.max_steps=6"]
+    with pytest.raises(SystemExit, match="nothing to train, step-0000004 is at step 4"):
+        main([recipe, "--out", str(out), "--resume", *lowered, "--no-progress"])
+    assert steps_logged(first) == [1, 2, 3, 4, 5, 6]
+
+
 @pytest.mark.parametrize(
     ("stages", "message"),
     [

@@ -102,6 +102,9 @@ def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(corpus, tmp_pa
         ({"checkpoint.every": 0}, "checkpoint.every must be >= 1, got 0"),
         ({"logging.every": 0}, "logging.every must be >= 1"),
         ({"data.seq_len": 0}, "data.seq_len must be >= 1"),
+        ({"train.stop_at_val_loss": 0}, "train.stop_at_val_loss must be > 0"),
+        ({"train.stop_at_val_loss": 3.0, "eval.batches": 0}, "stop_at_val_loss needs a validation loss"),
+        ({"train.stop_at_val_loss": 3.0, "data.val_fraction": 0.0}, "stop_at_val_loss needs a validation"),
     ],
 )
 def test_bad_configs_fail_at_start_naming_the_problem(corpus, tmp_path, overrides, message):
@@ -324,6 +327,44 @@ def test_resuming_a_finished_run_says_there_is_nothing_to_train(corpus, tmp_path
     with pytest.raises(ConfigError, match="nothing to train, step-0000005 is at step 5 and --max-steps 4"):
         train(tiny_config(corpus), run, resume=True, stop_at=4, show_progress=False)
     assert files_of(run) == before
+
+
+def test_a_run_stops_at_the_first_evaluation_that_reaches_its_target_loss(corpus, tmp_path, capsys):
+    # The tiny run evaluates every 4 steps and checkpoints every 5; its validation loss starts
+    # near ln(256) = 5.5 and falls. A target above the first evaluation's loss stops the run
+    # there, with a checkpoint of that step; one below it changes nothing else.
+    straight = train(tiny_config(corpus), tmp_path / "straight", show_progress=False)
+    val_at = {
+        r["step"]: r["val_loss"]
+        for r in map(json.loads, open(tmp_path / "straight" / "metrics.jsonl"))
+        if "val_loss" in r
+    }
+    assert val_at[4] > val_at[8]  # (so a target between them stops the run at step 8, not 4)
+    target = (val_at[4] + val_at[8]) / 2
+    run = tmp_path / "gated"
+    summary = train(tiny_config(corpus, **{"train.stop_at_val_loss": target}), run, show_progress=False)
+    assert (
+        summary["reached_val_loss"]
+        and summary["last_step"] == 8
+        and sorted(summary["losses"]) == list(range(1, 9))
+    )
+    assert (
+        f"validation loss {val_at[8]:.4f} at step 8 is at or below train.stop_at_val_loss"
+        in capsys.readouterr().err
+    )
+    latest = ckpt.latest_checkpoint(run / "checkpoints")
+    assert latest.name == "step-0000008" and ckpt.trainer_state(latest)["val_loss"] == val_at[8]
+    assert {s: straight["losses"][s] for s in range(1, 9)} == summary["losses"]
+    with pytest.raises(ConfigError, match="nothing to train, step-0000008 was saved with validation loss"):
+        train(
+            tiny_config(corpus, **{"train.stop_at_val_loss": target}), run, resume=True, show_progress=False
+        )
+    # A lower target (a resumable change) trains on, exactly as the run that never stopped.
+    rest = train(
+        tiny_config(corpus, **{"train.stop_at_val_loss": 0.01}), run, resume=True, show_progress=False
+    )
+    assert not rest["reached_val_loss"] and rest["last_step"] == 12
+    assert losses_of(run) == straight["losses"]
 
 
 def tensorboard_steps(run, tag="loss"):

@@ -125,11 +125,16 @@ def load_checkpoint(path: Path) -> dict:
         model=weights,
         optimizer=_unflatten_optimizer(load_file(str(path / "optimizer.safetensors")), layout),
         rng=load_file(str(path / "rng.safetensors"))["cpu"],
-        trainer=json.loads((path / "trainer_state.json").read_text()),
+        trainer=trainer_state(path),
         config=config,
         # (None in checkpoints written before recipes were stored with them)
         recipe=json.loads((path / RECIPE).read_text()) if (path / RECIPE).is_file() else None,
     )
+
+
+def trainer_state(path: Path) -> dict:
+    """A checkpoint's ``trainer_state.json`` (step, data position, ...), without its tensors."""
+    return json.loads((path / "trainer_state.json").read_text())
 
 
 def find_weights(path: Path) -> Path:

@@ -63,6 +63,10 @@ class TrainConfig:
     # (its latest checkpoint), a checkpoint folder, or any save_pretrained folder of the same
     # shape. Only the weights are taken: step, optimizer and data start afresh. --resume wins.
     init_from: str | None = None
+    # End the run at the first evaluation whose validation loss is at or below this: a stage
+    # gate, so a curriculum stage hands over once it has learned what it is for, however many
+    # steps that takes. train.max_steps stays the budget and the learning-rate schedule's span.
+    stop_at_val_loss: float | None = None
 
 
 @dataclass
@@ -258,6 +262,15 @@ def check_config(cfg: RunConfig, world_size: int = 1) -> None:
         if value not in allowed:
             raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
     t = cfg.train
+    if t.stop_at_val_loss is not None:
+        if not t.stop_at_val_loss > 0:
+            raise ConfigError(
+                f"train.stop_at_val_loss must be > 0 (a cross-entropy), got {t.stop_at_val_loss}"
+            )
+        if cfg.data.val_fraction <= 0 or cfg.eval.batches < 1:
+            raise ConfigError(
+                "train.stop_at_val_loss needs a validation loss: data.val_fraction > 0 and eval.batches >= 1"
+            )
     if t.batch_size % (world_size * t.grad_accum):
         raise ConfigError(
             f"train.batch_size {t.batch_size} must be a multiple of processes x grad_accum = "
@@ -265,8 +278,9 @@ def check_config(cfg: RunConfig, world_size: int = 1) -> None:
         )
 
 
-# What a resumed run may change in its recipe: where the run stops, how often it writes
-# checkpoints, evaluates and logs, and train.init_from (read only by a fresh start; a curriculum
+# What a resumed run may change in its recipe: where the run stops (its step budget or the
+# validation loss it stops at), how often it writes checkpoints, evaluates and logs, and
+# train.init_from (read only by a fresh start; a curriculum
 # derives it from --out, which may be spelled another way on resume). None of these changes a
 # batch or a weight of the steps both recipes train (the stop-and-resume test evaluates and checkpoints at other steps than the
 # uninterrupted run and gets identical losses). Everything else - data, tokenizer, model,
@@ -276,6 +290,7 @@ def check_config(cfg: RunConfig, world_size: int = 1) -> None:
 RESUMABLE_CHANGES = frozenset(
     {
         "train.max_steps",
+        "train.stop_at_val_loss",
         "train.init_from",
         "checkpoint.every",
         "checkpoint.keep_last",

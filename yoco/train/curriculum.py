@@ -8,9 +8,10 @@ every stage that does not set its own; ``--set stages.copy.train.max_steps=N`` o
 Stages run in the order they are written, each in ``OUT/stages/NAME``; the first starts from
 the recipe's ``train.init_from`` (random weights without one). The recipe itself is the last
 stage: it runs in OUT from the last stage's weights, so ``yoco eval ... --model OUT`` finds the
-final model as it does for any run.
+final model as it does for any run. A stage with ``train.stop_at_val_loss`` hands over at the
+first evaluation that reaches that loss (a gate: ``train.max_steps`` is then its budget).
 
-``--resume`` skips the stages that reached their ``train.max_steps`` (refusing one whose recipe
+``--resume`` skips the stages that finished, by ``train.max_steps`` or by their gate (refusing one whose recipe
 has since changed: the stages after it were trained from its weights), continues the one that
 stopped, and starts the rest (raising a finished stage's ``train.max_steps`` trains it further,
 but a later stage that has started keeps its checkpoints: retrain it in another ``--out``).
@@ -39,7 +40,7 @@ from yoco.train.config import (
     run_config,
     unresumable_changes,
 )
-from yoco.train.loop import recipe_model_config, train
+from yoco.train.loop import recipe_model_config, run_is_finished, train
 
 STAGES = "stages"
 STAGE_NAME = re.compile(r"[A-Za-z0-9_-]+")  # a folder name under OUT/stages
@@ -62,7 +63,7 @@ class Stage:
     @property
     def finished(self) -> bool:
         latest = self.latest
-        return latest is not None and ckpt.checkpoint_step(latest) >= self.config.train.max_steps
+        return latest is not None and run_is_finished(latest, self.config)
 
 
 def merged(base: dict, override: dict) -> dict:
@@ -168,8 +169,8 @@ def train_stages(
                 stop_at=stop_at,
                 show_progress=show_progress,
             )
-            if summary["last_step"] < stage.config.train.max_steps:  # stopped by --max-steps
-                break
+            if summary["last_step"] < stage.config.train.max_steps and not summary["reached_val_loss"]:
+                break  # stopped by --max-steps
     finally:
         distributed.teardown()
     return summary

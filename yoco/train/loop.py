@@ -107,6 +107,21 @@ def lr_at(step: int, cfg: RunConfig) -> float:
     return peak * (schedule.min_lr_ratio + (1 - schedule.min_lr_ratio) * shape)
 
 
+def reached_target(val_loss: float | None, cfg: RunConfig) -> bool:
+    """Whether ``val_loss`` ends the run early: ``train.stop_at_val_loss`` is set and the loss
+    is at or below it (None, a step without evaluation, never is)."""
+    target = cfg.train.stop_at_val_loss
+    return target is not None and val_loss is not None and val_loss <= target
+
+
+def run_is_finished(checkpoint: Path, cfg: RunConfig) -> bool:
+    """Whether the run whose latest checkpoint is ``checkpoint`` has nothing left to train under
+    ``cfg``: it reached ``train.max_steps``, or the validation loss it was saved with reached
+    ``train.stop_at_val_loss``."""
+    state = ckpt.trainer_state(checkpoint)
+    return state["step"] >= cfg.train.max_steps or reached_target(state.get("val_loss"), cfg)
+
+
 def training_objective(outputs, config) -> torch.Tensor:
     """What the trainer minimises: the model's cross-entropy ``outputs.loss`` plus
     ``config.router_aux_loss_coef`` times its unscaled load-balancing loss ``outputs.aux_loss``
@@ -302,6 +317,11 @@ class Trainer:
                     f"--resume: nothing to train, {latest.name} is at step {self.start_step} and {limit} stops "
                     "there; raise train.max_steps (or --max-steps) to train further"
                 )
+            if reached_target(saved_val := state["trainer"].get("val_loss"), cfg):
+                raise ConfigError(
+                    f"--resume: nothing to train, {latest.name} was saved with validation loss {saved_val:.4f}, "
+                    f"at or below train.stop_at_val_loss {t.stop_at_val_loss}; lower it to train further"
+                )
             put_weights(self.model, state["model"], state["config"], latest)
             self.mixture.load_state_dict(state["trainer"]["data"])
             return state
@@ -382,8 +402,10 @@ class Trainer:
         losses = [self.forward(ids.to(self.d.device)).loss for ids in self.val_batches]
         return float(distributed.mean_across(torch.stack(losses).mean(), self.d))
 
-    def save(self, step: int) -> None:
-        """A checkpoint of this step: weights, optimizer, data position, recipe (atomic, keep-last-k)."""
+    def save(self, step: int, val_loss: float | None) -> None:
+        """A checkpoint of this step: weights, optimizer, data position, recipe (atomic, keep-last-k),
+        and ``val_loss`` if the recipe evaluates at this step (a resume reads it against
+        train.stop_at_val_loss)."""
         model_state, optim_state = distributed.full_state_dicts(self.wrapped, self.optimizer, self.d)
         if not self.d.is_main:
             return
@@ -392,6 +414,8 @@ class Trainer:
             "data": self.mixture.state_dict(),
             "tokens": step * self.tokens_per_step,
         }
+        if val_loss is not None:
+            trainer_state["val_loss"] = val_loss
         if self.recipe_changes:
             trainer_state["recipe_changes"] = self.recipe_changes
         ckpt.save_checkpoint(
@@ -421,13 +445,19 @@ class Trainer:
             unit="step",
             disable=not (show_progress and d.is_main),
         )
-        losses, last_val = {}, None
+        losses, last_val, step, reached = {}, None, self.start_step, False
         try:
             for step in range(self.start_step + 1, self.last_step + 1):
                 record = self.train_step(step)
                 losses[step] = record["loss"]
-                if self.val_batches and (step % cfg.eval.every == 0 or step == self.last_step):
+                # The recipe's evaluations; a --max-steps stop evaluates too, but the gate (and
+                # the loss a checkpoint keeps for it) looks at the recipe's own only, so where an
+                # invocation stops never moves where the run ends.
+                scheduled = step % cfg.eval.every == 0 or step == cfg.train.max_steps
+                if self.val_batches and (scheduled or step == self.last_step):
                     last_val = record["val_loss"] = self.evaluate()
+                gate_val = last_val if scheduled and "val_loss" in record else None
+                reached = reached_target(gate_val, cfg)
                 if log is not None and (step % cfg.logging.every == 0 or "val_loss" in record):
                     log.write(record)
                 bar.set_postfix(
@@ -436,8 +466,24 @@ class Trainer:
                     tok_s=f"{record['tokens_per_s']:.0f}",
                 )
                 bar.update()
-                if step % cfg.checkpoint.every == 0 or step == self.last_step:
-                    self.save(step)
+                if step % cfg.checkpoint.every == 0 or step == self.last_step or reached:
+                    self.save(step, gate_val)
+                if reached:
+                    if d.is_main:
+                        bar.write(
+                            f"yoco train: validation loss {last_val:.4f} at step {step} is at or below "
+                            f"train.stop_at_val_loss {cfg.train.stop_at_val_loss}: stopped "
+                            f"(train.max_steps {cfg.train.max_steps} was the budget)",
+                            file=sys.stderr,
+                        )
+                    break
+            target = cfg.train.stop_at_val_loss
+            if target is not None and not reached and step == cfg.train.max_steps and d.is_main:
+                bar.write(
+                    f"yoco train: warning: train.max_steps {step} reached with validation loss {last_val:.4f}, "
+                    f"above train.stop_at_val_loss {target}: the run did not learn what its gate asks for",
+                    file=sys.stderr,
+                )
         finally:
             bar.close()
             if log is not None:
@@ -449,7 +495,8 @@ class Trainer:
             "losses": losses,
             "val_loss": last_val,
             "out": str(out),
-            "last_step": self.last_step,
+            "last_step": step,
+            "reached_val_loss": reached,  # stopped by train.stop_at_val_loss
             "final_checkpoint": str(ckpt.latest_checkpoint(self.root)),
             "is_main": d.is_main,
         }
