@@ -367,6 +367,23 @@ def test_a_run_stops_at_the_first_evaluation_that_reaches_its_target_loss(corpus
     assert losses_of(run) == straight["losses"]
 
 
+def test_a_checkpoint_from_before_a_recipe_key_existed_resumes_with_it_at_its_default(corpus, tmp_path):
+    # A checkpoint written before train.stop_at_val_loss existed stores no such key; it was
+    # trained without a gate (the default), and a resume may set one.
+    run = tmp_path / "run"
+    train(tiny_config(corpus), run, stop_at=5, show_progress=False)
+    stored = run / "checkpoints" / "step-0000005" / "run_config.json"
+    recipe = json.loads(stored.read_text())
+    del recipe["train"]["stop_at_val_loss"]
+    stored.write_text(json.dumps(recipe))
+    gated = tiny_config(corpus, **{"train.stop_at_val_loss": 0.01})
+    assert sorted(train(gated, run, resume=True, show_progress=False)["losses"]) == list(range(6, 13))
+    latest = ckpt.latest_checkpoint(run / "checkpoints")
+    assert ckpt.trainer_state(latest)["recipe_changes"] == [
+        {"step": 5, "changed": {"train.stop_at_val_loss": [None, 0.01]}}
+    ]
+
+
 def tensorboard_steps(run, tag="loss"):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -7,6 +7,7 @@ optionally ``preset = "tiny"``; see ``yoco.models.registry``) and takes any fiel
 kind's config on top.
 """
 
+import copy
 import dataclasses
 import json
 import tomllib
@@ -316,9 +317,22 @@ def _flatten(tree, prefix: str = "") -> dict:
     return flat
 
 
+def merged(base: dict, override: dict) -> dict:
+    """``base`` with ``override`` on top: tables merge key by key, other values replace."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
 def recipe_differences(old: dict, new: dict) -> dict[str, tuple]:
     """Dotted key -> (old value, new value) for every leaf that differs (UNSET where absent),
-    in the order the keys appear."""
+    in the order the keys appear. ``old`` is a stored recipe: a key added to the recipe since it
+    was written counts at its default, the value the run was trained with."""
+    old = merged(RunConfig().as_stored(), old)
     old_flat, new_flat = _flatten(old), _flatten(new)
     keys = list(old_flat) + [k for k in new_flat if k not in old_flat]
     return {

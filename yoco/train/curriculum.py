@@ -11,10 +11,11 @@ stage: it runs in OUT from the last stage's weights, so ``yoco eval ... --model 
 final model as it does for any run. A stage with ``train.stop_at_val_loss`` hands over at the
 first evaluation that reaches that loss (a gate: ``train.max_steps`` is then its budget).
 
-``--resume`` skips the stages that finished, by ``train.max_steps`` or by their gate (refusing one whose recipe
-has since changed: the stages after it were trained from its weights), continues the one that
-stopped, and starts the rest (raising a finished stage's ``train.max_steps`` trains it further,
-but a later stage that has started keeps its checkpoints: retrain it in another ``--out``).
+``--resume`` skips the stages that finished, at ``train.max_steps`` or at their gate (refusing
+one whose recipe has since changed: the stages after it were trained from its weights),
+continues the one that stopped, and starts the rest (raising a finished stage's
+``train.max_steps``, or lowering the loss of the gate it stopped at, trains it further, but a
+later stage that has started keeps its checkpoints: retrain it in another ``--out``).
 ``--max-steps N`` stops whichever stage reaches step N, and the command with it (a stage
 shorter than N finishes and the next one begins). Under ``torchrun`` one process group serves
 every stage.
@@ -35,6 +36,7 @@ from yoco.train.config import (
     ConfigError,
     RunConfig,
     check_config,
+    merged,
     read_recipe,
     recipe_differences,
     run_config,
@@ -64,17 +66,6 @@ class Stage:
     def finished(self) -> bool:
         latest = self.latest
         return latest is not None and run_is_finished(latest, self.config)
-
-
-def merged(base: dict, override: dict) -> dict:
-    """``base`` with ``override`` on top: tables merge key by key, other values replace."""
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merged(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
 
 
 def _starting_from(raw: dict, weights: str | None) -> dict:

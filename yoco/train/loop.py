@@ -258,6 +258,11 @@ class Trainer:
             if d.is_main:
                 print(f"yoco train: {warning}", file=sys.stderr)
         self.val_batches = self.validation_batches(val_stream)
+        if t.stop_at_val_loss is not None and not self.val_batches:
+            raise ConfigError(
+                "train.stop_at_val_loss needs a validation loss, and no document fell into the held-out "
+                f"split (data.val_fraction {cfg.data.val_fraction}): raise data.val_fraction"
+            )
         self.root = out / "checkpoints"
         self.recipe = cfg.as_stored()
         state = self.starting_state(resume, stop_at)
@@ -431,8 +436,10 @@ class Trainer:
         )
 
     def run(self, show_progress: bool) -> dict:
-        """Train from the start step to the last, logging, evaluating and checkpointing as the
-        recipe says; returns the per-step losses, the last validation loss and where it all is."""
+        """Train from the start step to the last (or to the gate, ``train.stop_at_val_loss``),
+        logging, evaluating and checkpointing as the recipe says; returns the per-step losses,
+        the last validation loss, the step reached (``last_step``), whether the gate stopped
+        the run (``reached_val_loss``) and where it all is."""
         cfg, d, out = self.cfg, self.d, self.out
         out.mkdir(parents=True, exist_ok=True)
         log = MetricsLog(out, cfg.logging.tensorboard, self.start_step) if d.is_main else None
