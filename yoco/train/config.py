@@ -281,9 +281,9 @@ def check_config(cfg: RunConfig, world_size: int = 1) -> None:
 
 # What a resumed run may change in its recipe: where the run stops (its step budget or the
 # validation loss it stops at), how often it writes checkpoints, evaluates and logs, and
-# train.init_from (read only by a fresh start; a curriculum
-# derives it from --out, which may be spelled another way on resume). None of these changes a
-# batch or a weight of the steps both recipes train (the stop-and-resume test evaluates and checkpoints at other steps than the
+# train.init_from (read only by a fresh start; a curriculum derives it from --out, which may be
+# spelled another way on resume). None of these changes a batch or a weight of the steps both
+# recipes train (the stop-and-resume test evaluates and checkpoints at other steps than the
 # uninterrupted run and gets identical losses). Everything else - data, tokenizer, model,
 # optimizer, schedule, batch size, seeds, dtype, eval.batches (which validation batches) -
 # changes what is trained, so a resume with it is refused. train.max_steps is also the span of

@@ -463,7 +463,7 @@ class Trainer:
                 scheduled = step % cfg.eval.every == 0 or step == cfg.train.max_steps
                 if self.val_batches and (scheduled or step == self.last_step):
                     last_val = record["val_loss"] = self.evaluate()
-                gate_val = last_val if scheduled and "val_loss" in record else None
+                gate_val = record.get("val_loss") if scheduled else None
                 reached = reached_target(gate_val, cfg)
                 if log is not None and (step % cfg.logging.every == 0 or "val_loss" in record):
                     log.write(record)
