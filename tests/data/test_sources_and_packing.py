@@ -5,8 +5,9 @@ import re
 import string
 
 import pytest
+import torch
 
-from yoco.data.packing import Mixture, PackedStream
+from yoco.data.packing import IGNORE, Mixture, PackedStream
 from yoco.data.sources import DataError, list_documents, split_documents
 from yoco.data.synthetic import copy_document
 from yoco.tokenizer import EOS_ID, byte_tokenizer, encode_bytes
@@ -64,7 +65,10 @@ def test_mixing_follows_the_weights_and_resumes(tmp_path):
         [PackedStream(docs, encode_bytes, EOS_ID, 8, seed=i) for i in range(3)], [1.0, 2.0, 5.0], seed=0
     )
     again.load_state_dict(state)
-    assert (mixture.next_batch(16) == again.next_batch(16)).all()
+    ids, labels = mixture.next_batch(16)
+    again_ids, again_labels = again.next_batch(16)
+    assert torch.equal(ids, again_ids) and torch.equal(labels, again_labels)
+    assert torch.equal(labels, ids)  # every token is a label, none of these sources has targets
 
 
 def test_validation_split_is_disjoint_deterministic_and_near_its_fraction(tmp_path):
@@ -209,6 +213,50 @@ def test_a_copy_source_takes_the_span_it_repeats_and_how_far_back():
         DataError, match=re.escape("max distance must be 32 .. 96 (span .. length - span), got 97")
     ):
         list_documents("copy:128:3:32:97")
+
+
+def test_a_copy_source_trained_on_its_targets_labels_only_the_repeat_after_its_first_byte():
+    docs = list_documents("copy:128:50:32:64", loss="targets")
+    assert [d.text() for d in docs] == [d.text() for d in list_documents("copy:128:50:32:64")]
+    stream = PackedStream(docs, encode_bytes, EOS_ID, seq_len=128, seed=0, shuffle=False)
+    for doc in docs:
+        made = copy_document(doc.row, 128, span=32, max_distance=64)
+        ids, labels = stream.next_example()
+        assert ids == encode_bytes(made.text)  # the same tokens as with loss = "all"
+        repeat = made.start + made.distance
+        targets = [t for t, label in enumerate(labels) if label != IGNORE]
+        assert targets == list(range(repeat + 1, repeat + 32))
+        assert all(labels[t] == ids[t] == ids[t - made.distance] for t in targets)  # copies, all of them
+    # The whole window is trained on by default.
+    ids, labels = PackedStream(list_documents("copy:128:5"), encode_bytes, EOS_ID, 128, seed=0).next_example()
+    assert labels == ids
+
+
+@pytest.mark.parametrize(
+    ("spec", "loss", "message"),
+    [
+        (
+            "stdlib",
+            "targets",
+            'loss = "targets" needs a source whose documents mark their targets \\(copy\\)',
+        ),
+        ("needle:400:3", "targets", "needs a source whose documents mark their targets"),
+        ("copy:128:3", "some", "loss must be one of all, targets, got 'some'"),
+    ],
+)
+def test_a_source_without_targets_or_a_bad_loss_is_refused(spec, loss, message):
+    with pytest.raises(DataError, match=message):
+        list_documents(spec, loss=loss)
+
+
+def test_a_sequence_that_would_hold_no_target_is_refused_rather_than_trained_to_nan():
+    # 32-token sequences cut 128-byte windows in four; some quarters hold none of the repeat.
+    stream = PackedStream(
+        list_documents("copy:128:50:32:64", loss="targets"), encode_bytes, EOS_ID, 32, seed=0
+    )
+    with pytest.raises(DataError, match="holds no target to train on .* make data.seq_len a multiple"):
+        for _ in range(200):
+            stream.next_example()
 
 
 def size_config(tmp_path, text, **sections):

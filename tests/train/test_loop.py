@@ -367,14 +367,62 @@ def test_a_run_stops_at_the_first_evaluation_that_reaches_its_target_loss(corpus
     assert losses_of(run) == straight["losses"]
 
 
+def test_a_source_trained_on_its_targets_is_evaluated_on_them_alone(corpus, tmp_path):
+    # Copy windows of 32 bytes, one per sequence, trained and evaluated on their repeats only:
+    # the run's validation loss is the model's cross-entropy on the held-out repeats (after
+    # their first byte), recomputed here by hand from the saved weights.
+    from yoco.data.sources import list_documents, split_documents
+    from yoco.data.synthetic import copy_document
+
+    spec = "copy:32:400:4:8"
+    config = tiny_config(
+        corpus,
+        **{
+            "data.sources": f'[{{path="{spec}", loss="targets"}}]',
+            "train.max_steps": 4,
+            "train.stop_at_val_loss": 0.01,  # (never reached: 4 steps cannot copy)
+        },
+    )
+    summary = train(config, tmp_path / "run", show_progress=False)
+    model = AutoModelForCausalLM.from_pretrained(ckpt.latest_checkpoint(tmp_path / "run" / "checkpoints"))
+    _, held_out = split_documents(list_documents(spec), config.data.val_fraction)
+    batch_losses = []
+    for first in range(0, 2 * 4, 4):  # eval.batches = 2 of train.batch_size = 4, in order
+        docs = [copy_document(d.row, 32, span=4, max_distance=8) for d in held_out[first : first + 4]]
+        ids = torch.tensor([list(d.text.encode()) for d in docs])
+        logits = model(ids).logits.float()
+        picked = [
+            (row, t)
+            for row, d in enumerate(docs)
+            for t in range(d.start + d.distance + 1, d.start + d.distance + 4)
+        ]
+        rows, positions = zip(*picked, strict=True)
+        predicted = logits[list(rows), [p - 1 for p in positions]]
+        batch_losses.append(
+            torch.nn.functional.cross_entropy(predicted, ids[list(rows), list(positions)]).item()
+        )
+    assert summary["val_loss"] == pytest.approx(sum(batch_losses) / 2, rel=1e-5)
+    everything = train(
+        tiny_config(corpus, **{"data.sources": f'[{{path="{spec}"}}]', "train.max_steps": 4}),
+        tmp_path / "all",
+        show_progress=False,
+    )
+    # The same weights and batches trained on every byte: other losses from the first step on.
+    assert everything["losses"][1] != pytest.approx(summary["losses"][1], rel=1e-3)
+    assert everything["val_loss"] != pytest.approx(summary["val_loss"], rel=1e-3)
+
+
 def test_a_checkpoint_from_before_a_recipe_key_existed_resumes_with_it_at_its_default(corpus, tmp_path):
     # A checkpoint written before train.stop_at_val_loss existed stores no such key; it was
-    # trained without a gate (the default), and a resume may set one.
+    # trained without a gate (the default), and a resume may set one. Nor, from before sources
+    # had a loss, a data.sources[i].loss: they were trained on all tokens, the default.
     run = tmp_path / "run"
     train(tiny_config(corpus), run, stop_at=5, show_progress=False)
     stored = run / "checkpoints" / "step-0000005" / "run_config.json"
     recipe = json.loads(stored.read_text())
     del recipe["train"]["stop_at_val_loss"]
+    for source in recipe["data"]["sources"]:
+        del source["loss"]
     stored.write_text(json.dumps(recipe))
     gated = tiny_config(corpus, **{"train.stop_at_val_loss": 0.01})
     assert sorted(train(gated, run, resume=True, show_progress=False)["losses"]) == list(range(6, 13))

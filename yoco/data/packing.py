@@ -6,6 +6,9 @@
 * A :class:`Mixture` draws each sequence from one stream, picked with probability proportional
   to its weight by a seeded generator.
 
+Each sequence comes with its labels: its own tokens, with IGNORE (-100, what the loss skips)
+where a source trained on its targets only (``loss = "targets"``) has a token that is not one.
+
 Streams and mixtures save their position (``state_dict``) so a resumed run reads exactly the
 sequences an uninterrupted one would have.
 """
@@ -16,6 +19,8 @@ from collections.abc import Callable
 import torch
 
 from yoco.data.sources import DataError, DocRef, list_documents, split_documents
+
+IGNORE = -100  # a label the loss skips (torch's cross_entropy ignore_index)
 
 
 class PackedStream:
@@ -47,25 +52,45 @@ class PackedStream:
             self._order_epoch, self._order = epoch, order
         return self._order
 
-    def _current_tokens(self) -> list[int]:
+    def _current_tokens(self) -> tuple[list[int], list[int]]:
+        """The current document's tokens and labels (IGNORE where a token is not a target; a
+        document with targets has its pieces tokenized one by one, the EOS not a target)."""
         key = (self.epoch, self.doc_pos)
         if self._tokens_key != key:
             doc = self.docs[self._order_for(self.epoch)[self.doc_pos]]
-            self._tokens_key, self._tokens = key, self.tokenize(doc.text()) + [self.eos_id] * doc.eos
+            tokens, labels = [], []
+            for piece, is_target in doc.pieces():
+                ids = self.tokenize(piece)
+                tokens.extend(ids)
+                labels.extend(ids if is_target else [IGNORE] * len(ids))
+            eos = [self.eos_id] * doc.eos
+            labels.extend([IGNORE] * len(eos) if doc.make_pieces is not None else eos)
+            self._tokens_key, self._tokens = key, (tokens + eos, labels)
         return self._tokens
 
-    def next_sequence(self) -> list[int]:
-        out = []
+    def next_example(self) -> tuple[list[int], list[int]]:
+        """The next sequence of ``seq_len`` tokens, and its labels."""
+        out, out_labels = [], []
         while len(out) < self.seq_len:
-            tokens = self._current_tokens()
-            take = tokens[self.tok_offset : self.tok_offset + self.seq_len - len(out)]
-            out.extend(take)
-            self.tok_offset += len(take)
+            tokens, labels = self._current_tokens()
+            end = self.tok_offset + self.seq_len - len(out)
+            out.extend(tokens[self.tok_offset : end])
+            out_labels.extend(labels[self.tok_offset : end])
+            self.tok_offset = min(end, len(tokens))
             if self.tok_offset >= len(tokens):
                 self.doc_pos, self.tok_offset = self.doc_pos + 1, 0
                 if self.doc_pos == len(self.docs):
                     self.epoch, self.doc_pos = self.epoch + 1, 0
-        return out
+        if len(out) > 1 and all(label == IGNORE for label in out_labels[1:]):  # label 0 is never predicted
+            doc = self.docs[self._order_for(self.epoch)[self.doc_pos]]
+            raise DataError(
+                f"a sequence of {self.seq_len} tokens holds no target to train on (it ends before "
+                f'{doc.doc_id}): with loss = "targets", make data.seq_len a multiple of the documents\' length'
+            )
+        return out, out_labels
+
+    def next_sequence(self) -> list[int]:
+        return self.next_example()[0]
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "doc_pos": self.doc_pos, "tok_offset": self.tok_offset}
@@ -84,13 +109,15 @@ class Mixture:
         self.rng = random.Random(seed)
         self.drawn = [0] * len(streams)
 
-    def next_batch(self, batch_size: int) -> torch.Tensor:
+    def next_batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``batch_size`` sequences (batch_size, seq_len) and their labels."""
         rows = []
         for _ in range(batch_size):
             (index,) = self.rng.choices(range(len(self.streams)), weights=self.weights)
             self.drawn[index] += 1
-            rows.append(self.streams[index].next_sequence())
-        return torch.tensor(rows, dtype=torch.long)
+            rows.append(self.streams[index].next_example())
+        ids, labels = zip(*rows, strict=True)
+        return torch.tensor(ids, dtype=torch.long), torch.tensor(labels, dtype=torch.long)
 
     def state_dict(self) -> dict:
         version, internal, gauss = self.rng.getstate()
@@ -118,7 +145,7 @@ def build_data(data_config, tokenizer) -> tuple[Mixture, PackedStream | None]:
     eos = tokenizer.eos_token_id
     train_streams, val_docs = [], []
     for i, source in enumerate(data_config.sources):
-        train, val = split_documents(list_documents(source.path), data_config.val_fraction)
+        train, val = split_documents(list_documents(source.path, source.loss), data_config.val_fraction)
         if not train:
             raise DataError(f"data source {source.path}: every document fell in the validation split")
         train_streams.append(

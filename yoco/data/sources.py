@@ -9,6 +9,9 @@
   packed without one) (:mod:`yoco.data.synthetic`).
 * Each document has a stable id (``path`` or ``path:row``); hashing it puts the document in the
   validation split or not, so the split is disjoint and the same on every run.
+* A source is trained on all of its tokens (``loss = "all"``) or, for a synthetic kind that marks
+  them, on its *targets* only (``loss = "targets"``: a copy window's repeat), so the loss
+  measures the skill the data is there to teach and not the random bytes around it.
 """
 
 import functools
@@ -31,13 +34,16 @@ class DataError(ValueError):
 @dataclass(frozen=True)
 class DocRef:
     """Where to find one document: ``row`` is None for a whole ``.txt`` file; ``make`` builds a
-    synthetic document from its row number; ``eos``: whether the packer puts an EOS after it."""
+    synthetic document from its row number; ``eos``: whether the packer puts an EOS after it;
+    ``make_pieces``, for a document trained on its targets only, builds it as (piece,
+    is_target) pieces."""
 
     doc_id: str
     path: Path | None
     row: int | None = None
     make: Callable[[int], str] | None = None
     eos: bool = True
+    make_pieces: Callable[[int], list[tuple[str, bool]]] | None = None
 
     def text(self) -> str:
         if self.make is not None:
@@ -45,6 +51,12 @@ class DocRef:
         if self.row is None:
             return self.path.read_text(encoding="utf-8", errors="replace")
         return _rows(self.path)[self.row]
+
+    def pieces(self) -> list[tuple[str, bool]]:
+        """The text as (piece, is_target) pieces; without targets, one piece that is all target."""
+        if self.make_pieces is not None:
+            return self.make_pieces(self.row)
+        return [(self.text(), True)]
 
 
 @functools.lru_cache(maxsize=2)
@@ -73,12 +85,24 @@ def _rows(path: Path) -> list[str]:
     return [str(t) for t in table.column("text").to_pylist()]
 
 
-def list_documents(spec: str) -> list[DocRef]:
-    """All documents of one source, in a stable order. Raises DataError if it has none."""
+LOSSES = ("all", "targets")
+
+
+def list_documents(spec: str, loss: str = "all") -> list[DocRef]:
+    """All documents of one source, in a stable order, trained on all their tokens or on their
+    targets only (``loss``). Raises DataError if it has none, or no targets to train on."""
+    if loss not in LOSSES:
+        raise DataError(f"data source {spec}: loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+    kind = spec.split(":", 1)[0]
+    if loss == "targets" and (kind not in SYNTHETIC or SYNTHETIC[kind].pieces is None):
+        marked = ", ".join(k for k, v in SYNTHETIC.items() if v.pieces is not None)
+        raise DataError(
+            f'data source {spec}: loss = "targets" needs a source whose documents mark their targets '
+            f'({marked}); use loss = "all"'
+        )
     if spec == "stdlib":
         root = stdlib_dir()
         return [DocRef(f"stdlib:{p.relative_to(root)}", p) for p in stdlib_source_files()]
-    kind = spec.split(":", 1)[0]
     if kind in SYNTHETIC:
         synthetic = SYNTHETIC[kind]
         make, options = synthetic.make, synthetic.options
@@ -93,12 +117,14 @@ def list_documents(spec: str) -> list[DocRef]:
                 raise ValueError
         except ValueError as error:
             raise DataError(f"data source {spec}: use {usage}") from error
-        make = functools.partial(make, length=length, **dict(zip(options, values, strict=False)))
+        given = {"length": length, **dict(zip(options, values, strict=False))}
+        make = functools.partial(make, **given)
         try:
             make(0)  # a length too short for the kind fails here, not mid-training
         except ValueError as error:
             raise DataError(f"data source {spec}: {error}") from error
-        return [DocRef(f"{spec}:{i}", None, i, make, synthetic.eos) for i in range(count)]
+        pieces = functools.partial(synthetic.pieces, **given) if loss == "targets" else None
+        return [DocRef(f"{spec}:{i}", None, i, make, synthetic.eos, pieces) for i in range(count)]
     path = Path(spec)
     if not path.exists():
         raise DataError(f"data source {spec} does not exist")

@@ -167,6 +167,14 @@ class CopyDocument:
     distance: int  # how far after ``start`` it appears again
     span: int  # its length
 
+    def pieces(self) -> list[tuple[str, bool]]:
+        """The text as (piece, is_target) pieces: the targets are the repeat's bytes after its
+        first, the ones a model that copies can predict (nothing announces where a repeat
+        starts, so its first byte is as random as the rest of the window)."""
+        first = self.start + self.distance + 1
+        last = self.start + self.distance + self.span
+        return [(self.text[:first], False), (self.text[first:last], True), (self.text[last:], False)]
+
 
 def copy_document(
     index: int, length: int, span: int | None = None, max_distance: int | None = None
@@ -212,18 +220,29 @@ def copy_training_text(
     return copy_document(index, length, span, max_distance).text
 
 
+def copy_training_pieces(
+    index: int, length: int, span: int | None = None, max_distance: int | None = None
+) -> list[tuple[str, bool]]:
+    return copy_document(index, length, span, max_distance).pieces()
+
+
 @dataclass(frozen=True)
 class SyntheticSource:
     """A synthetic training source: ``make(row, length, **options)`` gives a document's text;
     ``options`` name the integer options a spec may add after LENGTH:COUNT
-    (copy:128:200000:32:64); ``eos``: whether the packer ends each document with an EOS."""
+    (copy:128:200000:32:64); ``eos``: whether the packer ends each document with an EOS;
+    ``pieces(row, length, **options)``, where the kind has targets, the same text as
+    (piece, is_target) pieces, for a source trained on its targets only (``loss = "targets"``)."""
 
     make: Callable[..., str]
     options: tuple[str, ...]
     eos: bool
+    pieces: Callable[..., list[tuple[str, bool]]] | None = None
 
 
 SYNTHETIC = {
     "needle": SyntheticSource(needle_training_text, ("shortest",), eos=True),
-    "copy": SyntheticSource(copy_training_text, ("span", "max_distance"), eos=False),
+    "copy": SyntheticSource(
+        copy_training_text, ("span", "max_distance"), eos=False, pieces=copy_training_pieces
+    ),
 }

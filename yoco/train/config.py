@@ -21,6 +21,9 @@ from pathlib import Path
 class DataSource:
     path: str  # a file, a folder, or "stdlib" for the embedded Python standard-library corpus
     weight: float = 1.0
+    # "all": the loss counts every token; "targets": only the tokens a synthetic source marks
+    # as what it teaches (a copy window's repeat, not the random bytes around it)
+    loss: str = "all"
 
 
 @dataclass
@@ -333,6 +336,8 @@ def recipe_differences(old: dict, new: dict) -> dict[str, tuple]:
     in the order the keys appear. ``old`` is a stored recipe: a key added to the recipe since it
     was written counts at its default, the value the run was trained with."""
     old = merged(RunConfig().as_stored(), old)
+    source_defaults = dataclasses.asdict(DataSource(path=""))
+    old["data"]["sources"] = [merged(source_defaults, s) for s in old["data"]["sources"]]
     old_flat, new_flat = _flatten(old), _flatten(new)
     keys = list(old_flat) + [k for k in new_flat if k not in old_flat]
     return {

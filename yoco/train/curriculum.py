@@ -85,7 +85,7 @@ def check_stage(config: RunConfig, label: str) -> None:
         check_config(config, distributed.world_size())
         recipe_model_config(config.model, len(load_tokenizer(config.tokenizer.path)))
         for source in config.data.sources:
-            list_documents(source.path)
+            list_documents(source.path, source.loss)
     except ValueError as error:  # (ConfigError and DataError are ValueErrors)
         raise ConfigError(f"{label}: {error}") from error
 

@@ -283,18 +283,18 @@ class Trainer:
             torch.set_rng_state(state["rng"])
         self.use_bf16 = trains_in_bf16(t.dtype, d.device)
 
-    def validation_batches(self, val_stream) -> list[torch.Tensor]:
-        """Fixed held-out batches; each process evaluates its own slice of each."""
+    def validation_batches(self, val_stream) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Fixed held-out batches (ids, labels); each process evaluates its own slice of each."""
         t, d = self.cfg.train, self.d
         if val_stream is None or self.cfg.eval.batches == 0:
             return []
         share = t.batch_size // d.world_size
-        return [
-            torch.tensor([val_stream.next_sequence() for _ in range(t.batch_size)])[
-                d.rank * share : (d.rank + 1) * share
-            ]
-            for _ in range(self.cfg.eval.batches)
-        ]
+        mine = slice(d.rank * share, (d.rank + 1) * share)
+        batches = []
+        for _ in range(self.cfg.eval.batches):
+            ids, labels = zip(*(val_stream.next_example() for _ in range(t.batch_size)), strict=True)
+            batches.append((torch.tensor(ids)[mine], torch.tensor(labels)[mine]))
+        return batches
 
     def starting_state(self, resume: bool, stop_at: int | None) -> dict | None:
         """Set the start step and put the starting weights in: the latest checkpoint's (with its
@@ -345,10 +345,10 @@ class Trainer:
             put_weights(self.model, *ckpt.load_weights(source), source)
         return None
 
-    def forward(self, ids: torch.Tensor):
-        """The model's outputs on ``ids`` (its own labels): ``loss`` (cross-entropy), ``aux_loss``."""
+    def forward(self, ids: torch.Tensor, labels: torch.Tensor):
+        """The model's outputs on ``ids``: ``loss`` (cross-entropy on ``labels``), ``aux_loss``."""
         with torch.autocast(self.d.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
-            return self.wrapped(input_ids=ids, labels=ids)
+            return self.wrapped(input_ids=ids, labels=labels)
 
     def train_step(self, step: int) -> dict:
         """One optimizer step on the next global batch (this process's slice of it, in
@@ -359,14 +359,15 @@ class Trainer:
         lr = lr_at(step, self.cfg)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        batch = self.mixture.next_batch(t.batch_size)
-        rows = self.per_rank * t.grad_accum
-        local = batch[d.rank * rows : (d.rank + 1) * rows].to(d.device)
+        ids, labels = self.mixture.next_batch(t.batch_size)
+        rows = slice(d.rank * self.per_rank * t.grad_accum, (d.rank + 1) * self.per_rank * t.grad_accum)
+        ids, labels = ids[rows].to(d.device), labels[rows].to(d.device)
         # The step's mean cross-entropy and mean unscaled aux loss (0 without MoE), over its
         # micro-batches here and then over the processes (one all-reduce for both).
         totals = torch.zeros(2, device=d.device)
         for micro in range(t.grad_accum):
-            outputs = self.forward(local[micro * self.per_rank : (micro + 1) * self.per_rank])
+            micro_rows = slice(micro * self.per_rank, (micro + 1) * self.per_rank)
+            outputs = self.forward(ids[micro_rows], labels[micro_rows])
             (training_objective(outputs, self.model.config) / t.grad_accum).backward()
             totals[0] += outputs.loss.detach() / t.grad_accum
             if outputs.aux_loss is not None:
@@ -404,7 +405,8 @@ class Trainer:
     def evaluate(self) -> float:
         """Mean validation cross-entropy over the fixed held-out batches, across processes."""
         self.wrapped.eval()
-        losses = [self.forward(ids.to(self.d.device)).loss for ids in self.val_batches]
+        device = self.d.device
+        losses = [self.forward(ids.to(device), labels.to(device)).loss for ids, labels in self.val_batches]
         return float(distributed.mean_across(torch.stack(losses).mean(), self.d))
 
     def save(self, step: int, val_loss: float | None) -> None:
