@@ -73,6 +73,7 @@ class PackedStream:
         out, out_labels = [], []
         while len(out) < self.seq_len:
             tokens, labels = self._current_tokens()
+            doc_id = self.docs[self._order_for(self.epoch)[self.doc_pos]].doc_id
             end = self.tok_offset + self.seq_len - len(out)
             out.extend(tokens[self.tok_offset : end])
             out_labels.extend(labels[self.tok_offset : end])
@@ -82,10 +83,9 @@ class PackedStream:
                 if self.doc_pos == len(self.docs):
                     self.epoch, self.doc_pos = self.epoch + 1, 0
         if len(out) > 1 and all(label == IGNORE for label in out_labels[1:]):  # label 0 is never predicted
-            doc = self.docs[self._order_for(self.epoch)[self.doc_pos]]
             raise DataError(
-                f"a sequence of {self.seq_len} tokens holds no target to train on (it ends before "
-                f'{doc.doc_id}): with loss = "targets", make data.seq_len a multiple of the documents\' length'
+                f"data source {doc_id.rsplit(':', 1)[0]}: a sequence of {self.seq_len} tokens holds no target to train on "
+                '(loss = "targets"); make data.seq_len a multiple of its documents\' length'
             )
         return out, out_labels
 
