@@ -58,14 +58,18 @@ class PackedStream:
         key = (self.epoch, self.doc_pos)
         if self._tokens_key != key:
             doc = self.docs[self._order_for(self.epoch)[self.doc_pos]]
-            tokens, labels = [], []
-            for piece, is_target in doc.pieces():
-                ids = self.tokenize(piece)
-                tokens.extend(ids)
-                labels.extend(ids if is_target else [IGNORE] * len(ids))
-            eos = [self.eos_id] * doc.eos
-            labels.extend([IGNORE] * len(eos) if doc.make_pieces is not None else eos)
-            self._tokens_key, self._tokens = key, (tokens + eos, labels)
+            if doc.make_pieces is None:
+                tokens = self.tokenize(doc.text()) + [self.eos_id] * doc.eos
+                labels = tokens  # every token is a label
+            else:
+                tokens, labels = [], []
+                for piece, is_target in doc.make_pieces(doc.row):
+                    ids = self.tokenize(piece)
+                    tokens.extend(ids)
+                    labels.extend(ids if is_target else [IGNORE] * len(ids))
+                tokens.extend([self.eos_id] * doc.eos)
+                labels.extend([IGNORE] * doc.eos)
+            self._tokens_key, self._tokens = key, (tokens, labels)
         return self._tokens
 
     def next_example(self) -> tuple[list[int], list[int]]:
@@ -73,7 +77,6 @@ class PackedStream:
         out, out_labels = [], []
         while len(out) < self.seq_len:
             tokens, labels = self._current_tokens()
-            doc_id = self.docs[self._order_for(self.epoch)[self.doc_pos]].doc_id
             end = self.tok_offset + self.seq_len - len(out)
             out.extend(tokens[self.tok_offset : end])
             out_labels.extend(labels[self.tok_offset : end])
@@ -83,6 +86,8 @@ class PackedStream:
                 if self.doc_pos == len(self.docs):
                     self.epoch, self.doc_pos = self.epoch + 1, 0
         if len(out) > 1 and all(label == IGNORE for label in out_labels[1:]):  # label 0 is never predicted
+            epoch, position = self._tokens_key  # the document read last
+            doc_id = self.docs[self._order_for(epoch)[position]].doc_id
             raise DataError(
                 f"data source {doc_id.rsplit(':', 1)[0]}: a sequence of {self.seq_len} tokens holds no target to train on "
                 '(loss = "targets"); make data.seq_len a multiple of its documents\' length'

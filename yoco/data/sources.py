@@ -52,12 +52,6 @@ class DocRef:
             return self.path.read_text(encoding="utf-8", errors="replace")
         return _rows(self.path)[self.row]
 
-    def pieces(self) -> list[tuple[str, bool]]:
-        """The text as (piece, is_target) pieces; without targets, one piece that is all target."""
-        if self.make_pieces is not None:
-            return self.make_pieces(self.row)
-        return [(self.text(), True)]
-
 
 @functools.lru_cache(maxsize=2)
 def _rows(path: Path) -> list[str]:

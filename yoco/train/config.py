@@ -336,6 +336,7 @@ def recipe_differences(old: dict, new: dict) -> dict[str, tuple]:
     in the order the keys appear. ``old`` is a stored recipe: a key added to the recipe since it
     was written counts at its default, the value the run was trained with."""
     old = merged(RunConfig().as_stored(), old)
+    # (merged replaces lists whole, so the tables inside data.sources get their defaults here)
     source_defaults = dataclasses.asdict(DataSource(path=""))
     old["data"]["sources"] = [merged(source_defaults, s) for s in old["data"]["sources"]]
     old_flat, new_flat = _flatten(old), _flatten(new)
