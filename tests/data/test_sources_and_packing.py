@@ -192,8 +192,31 @@ def test_copy_documents_repeat_a_span_at_any_distance_and_fill_their_sequence_wi
         list_documents("copy:15")
     with pytest.raises(DataError, match=re.escape("use copy:LENGTH[:COUNT[:SPAN[:MAX_DISTANCE]]]")):
         list_documents("copy:128:3:9:20:1")
-    with pytest.raises(DataError, match=re.escape("use needle:LENGTH[:COUNT[:SHORTEST]]")):
-        list_documents("needle:400:3:200:1")
+    with pytest.raises(DataError, match=re.escape("use needle:LENGTH[:COUNT[:SHORTEST[:DECOYS_PER_KB]]]")):
+        list_documents("needle:400:3:200:1:1")
+
+
+def test_needle_decoys_are_other_numbers_written_over_the_haystack_only():
+    plain, decoyed = list_documents("needle:2048:6:1000"), list_documents("needle:2048:6:1000:12")
+    stream = PackedStream(decoyed, encode_bytes, EOS_ID, seq_len=2048, seed=0, shuffle=False)
+    for before, after in zip(plain, decoyed, strict=True):
+        text = after.text()
+        assert stream.next_sequence() == [*encode_bytes(text), EOS_ID]  # still one whole document
+        asked = re.findall(r"What is the special magic (\w+) number\? .*? is: (\d+)\.", text)
+        haystack = text.split("\nWhat is")[0]
+        for city, number in asked:  # every question is still answered by its own needle ...
+            assert f"The special magic {city} number is: {number}." in haystack
+            assert haystack.count(number) == 1  # ... and by no decoy
+        needles = {number for _, number in re.findall(r"magic (\w+) number is: (\d+)\.", haystack)}
+        decoys = [n for n in re.findall(r" (\d{7}) ", haystack) if n not in needles]
+        # 12 per 1024 bytes of haystack; this one is 1000-2048 bytes minus its needles and question.
+        assert 8 <= len(decoys) <= 24, decoys
+        assert len(text) == len(before.text())
+    assert [d.text() for d in list_documents("needle:600:5:200:0")] == [
+        d.text() for d in list_documents("needle:600:5:200")
+    ]
+    with pytest.raises(DataError, match=re.escape("decoys per 1024 bytes must be 0 .. 64, got 65")):
+        list_documents("needle:600:5:200:65")
 
 
 def test_a_copy_source_takes_the_span_it_repeats_and_how_far_back():

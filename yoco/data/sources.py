@@ -3,9 +3,10 @@
 * A *source* is a ``.txt`` file (one document), a ``.jsonl`` file (one document per line, in
   its ``text`` field), a ``.parquet`` file (a ``text`` column), a folder of such files,
   ``"stdlib"``: the Python standard library's own sources, the embedded default corpus, or a
-  synthetic source of COUNT seeded documents of exactly LENGTH bytes: ``"needle:LENGTH[:COUNT[:SHORTEST]]"``
-  (with their EOS; with SHORTEST, the questions end at a random position from SHORTEST bytes on
-  and filler text follows them) or ``"copy:LENGTH[:COUNT[:SPAN[:MAX_DISTANCE]]]"`` (windows of random text,
+  synthetic source of COUNT seeded documents of exactly LENGTH bytes:
+  ``"needle:LENGTH[:COUNT[:SHORTEST[:DECOYS_PER_KB]]]"`` (with their EOS; with SHORTEST, the
+  questions end at a random position from SHORTEST bytes on and filler text follows them; with
+  DECOYS_PER_KB, that many decoy numbers per 1024 bytes of haystack) or ``"copy:LENGTH[:COUNT[:SPAN[:MAX_DISTANCE]]]"`` (windows of random text,
   packed without one) (:mod:`yoco.data.synthetic`).
 * Each document has a stable id (``path`` or ``path:row``); hashing it puts the document in the
   validation split or not, so the split is disjoint and the same on every run.

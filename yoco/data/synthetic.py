@@ -73,10 +73,13 @@ def build_prompt(
     rng: random.Random,
     n_needles: int = 1,
     cities: list[str] | None = None,
+    decoys_per_kb: int = 0,
 ) -> NeedlePrompt:
     """A prompt of about ``context_tokens`` tokens with the asked needle at ``depth`` (0 = start,
     1 = end of the haystack); other needles spread evenly over the remaining depths. The first
-    of ``cities`` (default: ``n_needles`` drawn at random) is asked."""
+    of ``cities`` (default: ``n_needles`` drawn at random) is asked. With ``decoys_per_kb``,
+    that many decoy numbers per 1024 tokens of haystack are written over it
+    (:func:`write_decoys`)."""
     cities = cities or rng.sample(CITIES, n_needles)
     n_needles = len(cities)
     while True:
@@ -89,7 +92,9 @@ def build_prompt(
             raise ValueError(f"context of {context_tokens} tokens is too short for the needles and question")
         start = rng.randrange(0, max(1, len(filler_ids) - budget))
         hay = (filler_ids * (1 + budget // max(1, len(filler_ids))))[start : start + budget]
-        # The answer must never appear in the filler itself.
+        if decoys_per_kb:
+            hay = write_decoys(hay, decoys_per_kb * budget // 1024, tokenize, rng)
+        # The answer must never appear in the filler itself (nor among its decoys).
         if not any(_contains(hay, tokenize(n)) for n in numbers):
             break
     other_depths = [(depth + (i + 1) / n_needles) % 1.0 for i in range(n_needles - 1)]
@@ -109,6 +114,28 @@ def build_prompt(
     )
 
 
+def write_decoys(hay: list[int], count: int, tokenize, rng: random.Random) -> list[int]:
+    """``hay`` with ``count`` decoys, " " + a random 7-digit number + " ", written over it, one
+    at a random place in each of ``count`` equal slices (so they never overlap); the length is
+    unchanged. A decoy is a hard negative for the copy that answers a question: its digits
+    match the answer's digits in short stretches, so only a lookup that keeps to the asked
+    needle copies the whole number. Prose holds few numbers (about 2% of the standard
+    library's prose is digits), so at 4x the training length a haystack holds 4x the digit
+    strings a short lookup can confuse with the answer's: a model trained on plain 2048-byte
+    haystacks read a later digit of its answer from a number elsewhere in 8192 bytes."""
+    hay = list(hay)
+    if count < 1:
+        return hay
+    slice_length = len(hay) // count
+    for i in range(count):
+        decoy = tokenize(f" {rng.randrange(1_000_000, 10_000_000)} ")
+        if len(decoy) > slice_length:
+            raise ValueError(f"{count} decoys do not fit in a haystack of {len(hay)} tokens")
+        at = i * slice_length + rng.randrange(slice_length - len(decoy) + 1)
+        hay[at : at + len(decoy)] = decoy  # as many tokens out as in
+    return hay
+
+
 @functools.lru_cache(maxsize=1)
 def _training_filler() -> tuple[int, ...]:
     # ASCII only, so a byte slice never splits a character and every document keeps its length.
@@ -116,9 +143,12 @@ def _training_filler() -> tuple[int, ...]:
 
 
 SHORTEST_NEEDLE_DOCUMENT = 160  # one needle, its question and answer, and a little haystack
+MOST_DECOYS_PER_KB = 64  # 9 bytes each: past this, a haystack is more decoy than prose
 
 
-def needle_training_text(index: int, length: int, shortest: int | None = None) -> str:
+def needle_training_text(
+    index: int, length: int, shortest: int | None = None, decoys_per_kb: int = 0
+) -> str:
     """A synthetic training document, seeded by ``index``: 2-5 needles at random depths of a
     byte-level haystack (fewer in short documents), then every one of them asked and answered in
     turn (one question per document left the retrieval signal too sparse to learn from: a
@@ -131,8 +161,13 @@ def needle_training_text(index: int, length: int, shortest: int | None = None) -
     and plain filler text follows the last answer up to ``length``. The questions then come at
     varying positions: with every question at the end of the sequence, a model learned to
     answer at the one position it was trained at (trained at 2048 bytes it answered 0.98 of the
-    needles at 2048 and 0.40 at 1024, docs/EVALUATION.md)."""
+    needles at 2048 and 0.40 at 1024, docs/EVALUATION.md).
+
+    With ``decoys_per_kb``, the haystack holds that many decoy numbers per 1024 bytes
+    (:func:`write_decoys`)."""
     shortest = length if shortest is None else shortest
+    if not 0 <= decoys_per_kb <= MOST_DECOYS_PER_KB:
+        raise ValueError(f"decoys per 1024 bytes must be 0 .. {MOST_DECOYS_PER_KB}, got {decoys_per_kb}")
     if not SHORTEST_NEEDLE_DOCUMENT <= shortest <= length:
         raise ValueError(
             f"the shortest needle document must be {SHORTEST_NEEDLE_DOCUMENT} .. LENGTH = {length} bytes, "
@@ -145,7 +180,9 @@ def needle_training_text(index: int, length: int, shortest: int | None = None) -
     answer = " 1234567."  # every number has 7 digits
     tail_bytes = len(answer) + sum(len(question(c) + answer) for c in cities[1:]) + len("\n") + 1  # + EOS
     filler = _training_filler()
-    prompt = build_prompt(encode_bytes, list(filler), used - tail_bytes, rng.random(), rng, cities=cities)
+    prompt = build_prompt(
+        encode_bytes, list(filler), used - tail_bytes, rng.random(), rng, cities=cities, decoys_per_kb=decoys_per_kb
+    )
     tail = "".join(f"{question(c)} {prompt.numbers[c]}." for c in cities[1:])
     start = rng.randrange(len(filler) - (length - used)) if used < length else 0
     after = decode_bytes(list(filler[start : start + length - used]))
@@ -241,7 +278,7 @@ class SyntheticSource:
 
 
 SYNTHETIC = {
-    "needle": SyntheticSource(needle_training_text, ("shortest",), eos=True),
+    "needle": SyntheticSource(needle_training_text, ("shortest", "decoys_per_kb"), eos=True),
     "copy": SyntheticSource(
         copy_training_text, ("span", "max_distance"), eos=False, pieces=copy_training_pieces
     ),
