@@ -190,8 +190,8 @@ def test_copy_documents_repeat_a_span_at_any_distance_and_fill_their_sequence_wi
     assert len(list_documents("copy:16:1")[0].text()) == 16  # the shortest: a 2-byte span
     with pytest.raises(DataError, match="at least 16"):
         list_documents("copy:15")
-    with pytest.raises(DataError, match=re.escape("use copy:LENGTH[:COUNT[:SPAN[:MAX_DISTANCE]]]")):
-        list_documents("copy:128:3:9:20:1")
+    with pytest.raises(DataError, match=re.escape("use copy:LENGTH[:COUNT[:SPAN[:MAX_DISTANCE[:SYMBOLS]]]]")):
+        list_documents("copy:128:3:9:20:10:1")
     with pytest.raises(DataError, match=re.escape("use needle:LENGTH[:COUNT[:SHORTEST[:DECOYS_PER_KB]]]")):
         list_documents("needle:400:3:200:1:1")
 
@@ -236,6 +236,22 @@ def test_a_copy_source_takes_the_span_it_repeats_and_how_far_back():
         DataError, match=re.escape("max distance must be 32 .. 96 (span .. length - span), got 97")
     ):
         list_documents("copy:128:3:32:97")
+
+
+def test_a_copy_source_with_fewer_symbols_draws_its_windows_from_the_digits():
+    printable = list_documents("copy:128:50:32:96")
+    digits = list_documents("copy:128:50:32:96:10")
+    assert [d.text() for d in list_documents("copy:128:50:32:96:95")] == [d.text() for d in printable]
+    for doc in digits:
+        made = copy_document(int(doc.doc_id.rsplit(":", 1)[1]), 128, span=32, max_distance=96, symbols=10)
+        assert doc.text() == made.text and set(made.text) <= set(string.digits)
+        repeat = made.start + made.distance
+        assert made.text[repeat : repeat + 32] == made.text[made.start : made.start + 32]
+    assert set("".join(d.text() for d in digits)) == set(string.digits)
+    assert len(set("".join(d.text() for d in printable))) > 90
+    for bad in (1, 96):
+        with pytest.raises(DataError, match=re.escape(f"symbols must be 2 .. 95, got {bad}")):
+            list_documents(f"copy:128:3:32:96:{bad}")
 
 
 def test_a_copy_source_trained_on_its_targets_labels_only_the_repeat_after_its_first_byte():

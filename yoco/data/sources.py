@@ -6,8 +6,9 @@
   synthetic source of COUNT seeded documents of exactly LENGTH bytes:
   ``"needle:LENGTH[:COUNT[:SHORTEST[:DECOYS_PER_KB]]]"`` (with their EOS; with SHORTEST, the
   questions end at a random position from SHORTEST bytes on and filler text follows them; with
-  DECOYS_PER_KB, that many decoy numbers per 1024 bytes of haystack) or ``"copy:LENGTH[:COUNT[:SPAN[:MAX_DISTANCE]]]"`` (windows of random text,
-  packed without one) (:mod:`yoco.data.synthetic`).
+  DECOYS_PER_KB, that many decoy numbers per 1024 bytes of haystack) or
+  ``"copy:LENGTH[:COUNT[:SPAN[:MAX_DISTANCE[:SYMBOLS]]]]"`` (windows of random text, packed
+  without one; SYMBOLS = 10 draws them from the digits) (:mod:`yoco.data.synthetic`).
 * Each document has a stable id (``path`` or ``path:row``); hashing it puts the document in the
   validation split or not, so the split is disjoint and the same on every run.
 * A source is trained on all of its tokens (``loss = "all"``) or, for a synthetic kind that marks

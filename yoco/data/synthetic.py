@@ -119,10 +119,12 @@ def write_decoys(hay: list[int], count: int, tokenize, rng: random.Random) -> li
     at a random place in each of ``count`` equal slices (so they never overlap); the length is
     unchanged. A decoy is a hard negative for the copy that answers a question: its digits
     match the answer's digits in short stretches, so only a lookup that keeps to the asked
-    needle copies the whole number. Prose holds few numbers (about 2% of the standard
-    library's prose is digits), so at 4x the training length a haystack holds 4x the digit
-    strings a short lookup can confuse with the answer's: a model trained on plain 2048-byte
-    haystacks read a later digit of its answer from a number elsewhere in 8192 bytes."""
+    needle copies the whole number. Prose holds few digits (about 2% of the standard library's
+    prose), and a 4x longer haystack holds 4x the short digit strings a lookup by the last
+    digit or two confuses with the answer's: a YOCO-gRet trained on plain 2048-byte haystacks
+    lost its place in the answer at 8192 bytes that way. Decoys at 12 per 1024 bytes did not
+    teach it to keep to the needle; they made retrieval worse at every length
+    (docs/EVALUATION.md, "Decoy numbers in the training haystack")."""
     hay = list(hay)
     if count < 1:
         return hay
@@ -143,12 +145,10 @@ def _training_filler() -> tuple[int, ...]:
 
 
 SHORTEST_NEEDLE_DOCUMENT = 160  # one needle, its question and answer, and a little haystack
-MOST_DECOYS_PER_KB = 64  # 9 bytes each: past this, a haystack is more decoy than prose
+MOST_DECOYS_PER_KB = 64  # 9 bytes each: at most 56% of a haystack is decoys
 
 
-def needle_training_text(
-    index: int, length: int, shortest: int | None = None, decoys_per_kb: int = 0
-) -> str:
+def needle_training_text(index: int, length: int, shortest: int | None = None, decoys_per_kb: int = 0) -> str:
     """A synthetic training document, seeded by ``index``: 2-5 needles at random depths of a
     byte-level haystack (fewer in short documents), then every one of them asked and answered in
     turn (one question per document left the retrieval signal too sparse to learn from: a
@@ -181,7 +181,13 @@ def needle_training_text(
     tail_bytes = len(answer) + sum(len(question(c) + answer) for c in cities[1:]) + len("\n") + 1  # + EOS
     filler = _training_filler()
     prompt = build_prompt(
-        encode_bytes, list(filler), used - tail_bytes, rng.random(), rng, cities=cities, decoys_per_kb=decoys_per_kb
+        encode_bytes,
+        list(filler),
+        used - tail_bytes,
+        rng.random(),
+        rng,
+        cities=cities,
+        decoys_per_kb=decoys_per_kb,
     )
     tail = "".join(f"{question(c)} {prompt.numbers[c]}." for c in cities[1:])
     start = rng.randrange(len(filler) - (length - used)) if used < length else 0
@@ -195,6 +201,8 @@ def _contains(haystack: list[int], needle: list[int]) -> bool:
 
 
 PRINTABLE = "".join(map(chr, range(ord(" "), ord("~") + 1)))  # digits and punctuation too
+# The alphabet a copy document with ``symbols`` < 95 draws from: its first ``symbols`` (10: digits).
+FEWEST_FIRST = "0123456789" + "".join(c for c in PRINTABLE if not c.isdigit())
 
 
 @dataclass(frozen=True)
@@ -214,7 +222,11 @@ class CopyDocument:
 
 
 def copy_document(
-    index: int, length: int, span: int | None = None, max_distance: int | None = None
+    index: int,
+    length: int,
+    span: int | None = None,
+    max_distance: int | None = None,
+    symbols: int = len(PRINTABLE),
 ) -> CopyDocument:
     """``length`` random printable ASCII bytes in which a span of ``span`` bytes (default
     ``length // 8``) reappears later, its copy starting a distance drawn uniformly from
@@ -231,7 +243,14 @@ def copy_document(
     An EOS at a fixed position is the one byte of this data a model can predict without
     copying; it learns that by counting positions within ~150 steps, and in every run with it
     copying had not appeared after 2400 steps, where without it copying appeared from step
-    ~800 (docs/EVALUATION.md)."""
+    ~800 (docs/EVALUATION.md).
+
+    With fewer ``symbols`` (the first of :data:`FEWEST_FIRST`: 10 are the digits) the window is
+    drawn from a smaller alphabet, where a byte or two of context no longer tells one place from
+    another: among 2048 random digits every 3-digit string occurs about twice, so a copy has to
+    be looked up by a longer context."""
+    if not 2 <= symbols <= len(PRINTABLE):
+        raise ValueError(f"a copy document's symbols must be 2 .. {len(PRINTABLE)}, got {symbols}")
     if length < 16:
         raise ValueError(f"copy documents need a length of at least 16, got {length}")
     span = length // 8 if span is None else span
@@ -244,23 +263,20 @@ def copy_document(
             f"a copy's max distance must be {span} .. {farthest} (span .. length - span), got {max_distance}"
         )
     rng = random.Random(f"copy-train:{index}")
-    text = [rng.choice(PRINTABLE) for _ in range(length)]
+    alphabet = PRINTABLE if symbols == len(PRINTABLE) else FEWEST_FIRST[:symbols]  # (keeps old windows)
+    text = [rng.choice(alphabet) for _ in range(length)]
     distance = rng.randint(span, max_distance)
     start = rng.randint(0, length - span - distance)
     text[start + distance : start + distance + span] = text[start : start + span]
     return CopyDocument("".join(text), start, distance, span)
 
 
-def copy_training_text(
-    index: int, length: int, span: int | None = None, max_distance: int | None = None
-) -> str:
-    return copy_document(index, length, span, max_distance).text
+def copy_training_text(index: int, length: int, **options) -> str:
+    return copy_document(index, length, **options).text
 
 
-def copy_training_pieces(
-    index: int, length: int, span: int | None = None, max_distance: int | None = None
-) -> list[tuple[str, bool]]:
-    return copy_document(index, length, span, max_distance).pieces()
+def copy_training_pieces(index: int, length: int, **options) -> list[tuple[str, bool]]:
+    return copy_document(index, length, **options).pieces()
 
 
 @dataclass(frozen=True)
@@ -280,6 +296,6 @@ class SyntheticSource:
 SYNTHETIC = {
     "needle": SyntheticSource(needle_training_text, ("shortest", "decoys_per_kb"), eos=True),
     "copy": SyntheticSource(
-        copy_training_text, ("span", "max_distance"), eos=False, pieces=copy_training_pieces
+        copy_training_text, ("span", "max_distance", "symbols"), eos=False, pieces=copy_training_pieces
     ),
 }
