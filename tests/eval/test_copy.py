@@ -43,6 +43,10 @@ def test_copy_accuracy_scores_the_repeat_after_its_first_bytes():
     assert copy_accuracy(_Oracle(cheat=True), tokenizer, 64, 20, batch_size=8)["accuracy"] == 1.0
     # Repeating the current byte is right only where a byte repeats itself: about chance.
     assert copy_accuracy(_Oracle(cheat=False), tokenizer, 64, 40)["accuracy"] < 0.05
+    # Among digits a byte repeats itself 1 time in 10.
+    digits = copy_accuracy(_Oracle(cheat=False), tokenizer, 128, 64, symbols=10)
+    assert 0.05 < digits["accuracy"] < 0.15 and digits["chance"] == 0.1 and digits["symbols"] == 10
+    assert copy_accuracy(_Oracle(cheat=True), tokenizer, 128, 8, symbols=10)["accuracy"] == 1.0
 
 
 def test_eval_copy_on_a_saved_model_and_a_tokenizer_that_is_not_byte_level(tmp_path, capsys):
@@ -52,6 +56,8 @@ def test_eval_copy_on_a_saved_model_and_a_tokenizer_that_is_not_byte_level(tmp_p
     eval_main(["copy", "--model", str(model_dir), "--length", "32", "--documents", "4"])
     result = json.loads(capsys.readouterr().out)
     assert result["documents"] == 4 and 0 <= result["accuracy"] <= 1 and result["chance"] == 1 / 95
+    with pytest.raises(ValueError, match="symbols must be 2 .. 95, got 1"):
+        eval_main(["copy", "--model", str(model_dir), "--length", "32", "--symbols", "1"])
 
     def two_characters_a_token(text, add_special_tokens):
         return {"input_ids": [1] * (len(text) // 2)}

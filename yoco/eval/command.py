@@ -149,6 +149,9 @@ def main(argv: list[str] | None = None) -> None:
     copy.add_argument("--span", type=int, help="bytes repeated (default length // 8, as copy:LENGTH)")
     copy.add_argument("--max-distance", type=int, help="farthest repeat (default: the whole document)")
     copy.add_argument("--documents", type=int, default=256)
+    copy.add_argument(
+        "--symbols", type=int, default=95, help="alphabet size (10: digits; default every printable byte)"
+    )
 
     mqar = sub.add_parser("mqar", help="train small models on MQAR from scratch and report recall")
     mqar.add_argument(
@@ -219,9 +222,11 @@ def main(argv: list[str] | None = None) -> None:
     elif args.task == "copy":
         from yoco.eval.copy import check_copy_options, copy_accuracy
 
-        check_copy_options(args.length, args.documents, args.span, args.max_distance)
+        check_copy_options(args.length, args.documents, args.span, args.max_distance, args.symbols)
         model, tokenizer = _load(args.model, args.dtype, args.config_overrides)
-        result = copy_accuracy(model, tokenizer, args.length, args.documents, args.span, args.max_distance)
+        result = copy_accuracy(
+            model, tokenizer, args.length, args.documents, args.span, args.max_distance, symbols=args.symbols
+        )
         print(json.dumps(result))
     else:
         run_mqar(args, argv)
