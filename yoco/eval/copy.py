@@ -2,9 +2,10 @@
 
 The documents are the ``copy:LENGTH`` training source's (:func:`yoco.data.synthetic.copy_document`):
 random printable bytes (or, with ``symbols``, random digits and the like) in which a span
-repeats later. After the first two bytes of the repeat a model that looks the span up by content
-can predict every byte; a model that cannot is at chance, 1 in 95 (1 in ``symbols``). Needle retrieval rests on this skill, so the ``copy`` recipe (stage 1 of the
-needle curriculum) is judged by it. Documents are drawn from row numbers far past any training
+repeats later. After the first two bytes of the repeat a model that looks the span up by
+content can predict every byte; a model that cannot is at chance, 1 in 95 (1 in ``symbols``).
+Needle retrieval rests on this skill, so the ``copy`` recipe (stage 1 of the needle
+curriculum) is judged by it. Documents are drawn from row numbers far past any training
 source's count, so none was trained on.
 """
 
@@ -43,8 +44,8 @@ def copy_accuracy(
     """Teacher-forced accuracy on the repeated bytes after the first ``WARMUP`` of each repeat,
     over ``documents`` held-out copy documents of ``length`` bytes with a ``span``-byte repeat
     at most ``max_distance`` back, drawn from ``symbols`` characters (defaults as the copy
-    source's). Needs a byte-level
-    tokenizer (one token per character), so that document positions are token positions."""
+    source's). Needs a byte-level tokenizer (one token per character), so that document
+    positions are token positions."""
     check_copy_options(length, documents, span, max_distance, symbols)
     docs = [copy_document(HELD_OUT + i, length, span, max_distance, symbols) for i in range(documents)]
     hits, asked = 0, 0
