@@ -192,8 +192,10 @@ def test_copy_documents_repeat_a_span_at_any_distance_and_fill_their_sequence_wi
         list_documents("copy:15")
     with pytest.raises(DataError, match=re.escape("use copy:LENGTH[:COUNT[:SPAN[:MAX_DISTANCE[:SYMBOLS]]]]")):
         list_documents("copy:128:3:9:20:10:1")
-    with pytest.raises(DataError, match=re.escape("use needle:LENGTH[:COUNT[:SHORTEST[:DECOYS_PER_KB]]]")):
-        list_documents("needle:400:3:200:1:1")
+    with pytest.raises(
+        DataError, match=re.escape("use needle:LENGTH[:COUNT[:SHORTEST[:DECOYS_PER_KB[:SHARED_RUN]]]]")
+    ):
+        list_documents("needle:400:3:200:1:2:1")
 
 
 def test_needle_decoys_are_other_numbers_written_over_the_haystack_only():
@@ -217,6 +219,39 @@ def test_needle_decoys_are_other_numbers_written_over_the_haystack_only():
     ]
     with pytest.raises(DataError, match=re.escape("decoys per 1024 bytes must be 0 .. 64, got 65")):
         list_documents("needle:600:5:200:65")
+
+
+def longest_shared_run(a: str, b: str) -> int:
+    return max(
+        (k for k in range(1, len(a) + 1) for j in range(len(a) - k + 1) if a[j : j + k] in b), default=0
+    )
+
+
+def test_needles_with_a_shared_run_share_digits_and_are_still_told_apart_by_city():
+    plain, related = list_documents("needle:2048:12:1000"), list_documents("needle:2048:12:1000:0:5")
+    shared_runs = []
+    for before, after in zip(plain, related, strict=True):
+        text = after.text()
+        assert len(text) == len(before.text())
+        needles = dict(re.findall(r"magic (\w+) number is: (\d+)\. ", text.split("\nWhat is")[0]))
+        assert 2 <= len(needles) <= 5 and len(set(needles.values())) == len(needles)
+        for city, number in re.findall(r"What is the special magic (\w+) number\? .*? is: (\d+)\.", text):
+            assert needles[city] == number  # every question answered by its own needle
+        numbers = list(needles.values())
+        assert all(len(n) == 7 and n[0] != "0" for n in numbers)
+        for i, number in enumerate(numbers):
+            others = numbers[:i] + numbers[i + 1 :]
+            shared_runs.append(max(longest_shared_run(number, other) for other in others))
+    assert min(shared_runs) >= 2  # each number shares at least 2 digits in a row with another,
+    assert max(shared_runs) >= 4  # and some share longer runs
+    assert [d.text() for d in list_documents("needle:600:5:200:0:0")] == [
+        d.text() for d in list_documents("needle:600:5:200")
+    ]
+    for bad in (1, 7):
+        with pytest.raises(
+            DataError, match=re.escape(f"a shared run of digits must be 2 .. 6 long, got {bad}")
+        ):
+            list_documents(f"needle:600:5:200:0:{bad}")
 
 
 def test_a_copy_source_takes_the_span_it_repeats_and_how_far_back():

@@ -74,16 +74,21 @@ def build_prompt(
     n_needles: int = 1,
     cities: list[str] | None = None,
     decoys_per_kb: int = 0,
+    shared_run: int = 0,
 ) -> NeedlePrompt:
     """A prompt of about ``context_tokens`` tokens with the asked needle at ``depth`` (0 = start,
     1 = end of the haystack); other needles spread evenly over the remaining depths. The first
     of ``cities`` (default: ``n_needles`` drawn at random) is asked. With ``decoys_per_kb``,
     that many decoy numbers per 1024 tokens of haystack are written over it
-    (:func:`write_decoys`)."""
+    (:func:`write_decoys`). With ``shared_run``, the needles' numbers share runs of digits
+    (:func:`related_numbers`)."""
     cities = cities or rng.sample(CITIES, n_needles)
     n_needles = len(cities)
     while True:
-        numbers = [str(rng.randrange(1_000_000, 10_000_000)) for _ in cities]
+        if shared_run:
+            numbers = related_numbers(len(cities), shared_run, rng)
+        else:
+            numbers = [str(rng.randrange(1_000_000, 10_000_000)) for _ in cities]
         needles = [tokenize(needle_sentence(c, n)) for c, n in zip(cities, numbers, strict=True)]
         asked = 0
         ask = tokenize(question(cities[asked]))
@@ -138,6 +143,29 @@ def write_decoys(hay: list[int], count: int, tokenize, rng: random.Random) -> li
     return hay
 
 
+def related_numbers(count: int, longest_run: int, rng: random.Random) -> list[str]:
+    """``count`` different 7-digit numbers, each after the first sharing a run of 2 ..
+    ``longest_run`` digits with an earlier one (copied from a random place to a random place).
+    A copy that finds the next digit of an answer by the digits just written then has two
+    places to continue from, and only the one that keeps to the asked needle is right. A
+    YOCO-gRet trained on needles with unrelated numbers answered that way: at 8192 bytes it
+    copied the first 3-6 digits and then continued from a digit string in the haystack."""
+    if not 2 <= longest_run <= 6:
+        raise ValueError(f"a shared run of digits must be 2 .. 6 long, got {longest_run}")
+    numbers = [str(rng.randrange(1_000_000, 10_000_000))]
+    while len(numbers) < count:
+        source = rng.choice(numbers)
+        length = rng.randint(2, longest_run)
+        run = source[(taken := rng.randrange(8 - length)) : taken + length]
+        digits = list(str(rng.randrange(1_000_000, 10_000_000)))
+        at = rng.randrange(8 - length)
+        digits[at : at + length] = run
+        number = "".join(digits)
+        if number[0] != "0" and number not in numbers:
+            numbers.append(number)
+    return numbers
+
+
 @functools.lru_cache(maxsize=1)
 def _training_filler() -> tuple[int, ...]:
     # ASCII only, so a byte slice never splits a character and every document keeps its length.
@@ -148,7 +176,9 @@ SHORTEST_NEEDLE_DOCUMENT = 160  # one needle, its question and answer, and a lit
 MOST_DECOYS_PER_KB = 64  # 9 bytes each: at most 56% of a haystack is decoys
 
 
-def needle_training_text(index: int, length: int, shortest: int | None = None, decoys_per_kb: int = 0) -> str:
+def needle_training_text(
+    index: int, length: int, shortest: int | None = None, decoys_per_kb: int = 0, shared_run: int = 0
+) -> str:
     """A synthetic training document, seeded by ``index``: 2-5 needles at random depths of a
     byte-level haystack (fewer in short documents), then every one of them asked and answered in
     turn (one question per document left the retrieval signal too sparse to learn from: a
@@ -164,7 +194,8 @@ def needle_training_text(index: int, length: int, shortest: int | None = None, d
     needles at 2048 and 0.40 at 1024, docs/EVALUATION.md).
 
     With ``decoys_per_kb``, the haystack holds that many decoy numbers per 1024 bytes
-    (:func:`write_decoys`)."""
+    (:func:`write_decoys`); with ``shared_run``, the needles' numbers share runs of up to that
+    many digits (:func:`related_numbers`)."""
     shortest = length if shortest is None else shortest
     if not 0 <= decoys_per_kb <= MOST_DECOYS_PER_KB:
         raise ValueError(f"decoys per 1024 bytes must be 0 .. {MOST_DECOYS_PER_KB}, got {decoys_per_kb}")
@@ -188,6 +219,7 @@ def needle_training_text(index: int, length: int, shortest: int | None = None, d
         rng,
         cities=cities,
         decoys_per_kb=decoys_per_kb,
+        shared_run=shared_run,
     )
     tail = "".join(f"{question(c)} {prompt.numbers[c]}." for c in cities[1:])
     start = rng.randrange(len(filler) - (length - used)) if used < length else 0
@@ -294,7 +326,7 @@ class SyntheticSource:
 
 
 SYNTHETIC = {
-    "needle": SyntheticSource(needle_training_text, ("shortest", "decoys_per_kb"), eos=True),
+    "needle": SyntheticSource(needle_training_text, ("shortest", "decoys_per_kb", "shared_run"), eos=True),
     "copy": SyntheticSource(
         copy_training_text, ("span", "max_distance", "symbols"), eos=False, pieces=copy_training_pieces
     ),
