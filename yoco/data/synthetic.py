@@ -1,8 +1,9 @@
 """Synthetic documents, generated from a seed: needle retrieval and copying from context.
 
 Both are training sources (``needle:LENGTH[:COUNT[:...]]``, ``copy:LENGTH[:COUNT[:...]]``,
-with the options :mod:`yoco.data.sources` lists); the needle prompts are also what ``yoco eval needle`` asks
-(:mod:`yoco.eval.needle`), and the copy documents what ``yoco eval copy`` scores.
+with the options :mod:`yoco.data.sources` lists); the needle prompts are also what
+``yoco eval needle`` asks (:mod:`yoco.eval.needle`), and the copy documents what
+``yoco eval copy`` scores.
 """
 
 import functools
