@@ -52,6 +52,13 @@ def needle_sentence(city: str, number: str) -> str:
     return f" The special magic {city} number is: {number}. "
 
 
+NUMBER_DIGITS = 7  # every needle's number, and every decoy
+
+
+def random_number(rng: random.Random) -> str:
+    return str(rng.randrange(10 ** (NUMBER_DIGITS - 1), 10**NUMBER_DIGITS))
+
+
 def question(city: str) -> str:
     return f"\nWhat is the special magic {city} number? The special magic {city} number is:"
 
@@ -89,7 +96,7 @@ def build_prompt(
         if shared_run:
             numbers = related_numbers(len(cities), shared_run, rng)
         else:
-            numbers = [str(rng.randrange(1_000_000, 10_000_000)) for _ in cities]
+            numbers = [random_number(rng) for _ in cities]
         needles = [tokenize(needle_sentence(c, n)) for c, n in zip(cities, numbers, strict=True)]
         asked = 0
         ask = tokenize(question(cities[asked]))
@@ -136,7 +143,7 @@ def write_decoys(hay: list[int], count: int, tokenize, rng: random.Random) -> li
         return hay
     slice_length = len(hay) // count
     for i in range(count):
-        decoy = tokenize(f" {rng.randrange(1_000_000, 10_000_000)} ")
+        decoy = tokenize(f" {random_number(rng)} ")
         if len(decoy) > slice_length:
             raise ValueError(f"{count} decoys do not fit in a haystack of {len(hay)} tokens")
         at = i * slice_length + rng.randrange(slice_length - len(decoy) + 1)
@@ -153,13 +160,14 @@ def related_numbers(count: int, longest_run: int, rng: random.Random) -> list[st
     copied the first 3-6 digits and then continued from a digit string in the haystack."""
     if not 2 <= longest_run <= 6:
         raise ValueError(f"a shared run of digits must be 2 .. 6 long, got {longest_run}")
-    numbers = [str(rng.randrange(1_000_000, 10_000_000))]
+    numbers = [random_number(rng)]
     while len(numbers) < count:
         source = rng.choice(numbers)
         length = rng.randint(2, longest_run)
-        run = source[(taken := rng.randrange(8 - length)) : taken + length]
-        digits = list(str(rng.randrange(1_000_000, 10_000_000)))
-        at = rng.randrange(8 - length)
+        places = NUMBER_DIGITS - length + 1  # where a run of that length can start
+        run = source[(taken := rng.randrange(places)) : taken + length]
+        digits = list(random_number(rng))
+        at = rng.randrange(places)
         digits[at : at + length] = run
         number = "".join(digits)
         if number[0] != "0" and number not in numbers:
@@ -209,7 +217,7 @@ def needle_training_text(
     used = length if shortest == length else rng.randint(shortest, length)  # keeps old documents
     most = max(1, min(5, used // 200))  # each needle and its question take about 130 bytes
     cities = rng.sample(CITIES, rng.randint(min(2, most), most))
-    answer = " 1234567."  # every number has 7 digits
+    answer = f" {'0' * NUMBER_DIGITS}."  # as long as every answer
     tail_bytes = len(answer) + sum(len(question(c) + answer) for c in cities[1:]) + len("\n") + 1  # + EOS
     filler = _training_filler()
     prompt = build_prompt(
