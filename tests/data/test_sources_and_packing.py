@@ -254,6 +254,34 @@ def test_needles_with_a_shared_run_share_digits_and_are_still_told_apart_by_city
             list_documents(f"needle:600:5:200:0:{bad}")
 
 
+def needles_and_decoys(text: str) -> tuple[list[str], list[str]]:
+    haystack = text.split("\nWhat is")[0]
+    needles = re.findall(r"magic \w+ number is: (\d+)\. ", haystack)
+    return needles, [n for n in re.findall(r" (\d{7}) ", haystack) if n not in needles]
+
+
+def test_decoys_with_a_shared_run_echo_the_needles_digits():
+    """With both options the decoys are hard negatives for the lookup by digits: each repeats a
+    run of the needles' digits; random decoys mostly do not."""
+    echoes, randoms = [], []
+    for with_runs, plain in zip(
+        list_documents("needle:2048:12:1000:4:5"), list_documents("needle:2048:12:1000:4"), strict=True
+    ):
+        text = with_runs.text()
+        assert len(text) == len(plain.text())
+        needles, decoys = needles_and_decoys(text)
+        assert decoys  # 4 per 1024 bytes of haystack, which the needles and questions shorten
+        for number in needles:  # each needle's number is written once: no decoy equals it
+            assert text.split("\nWhat is")[0].count(number) == 1
+        echoes += [max(longest_shared_run(d, n) for n in needles) for d in decoys]
+        needles, decoys = needles_and_decoys(plain.text())
+        randoms += [max(longest_shared_run(d, n) for n in needles) for d in decoys]
+    assert min(echoes) >= 2 and max(echoes) >= 4
+    # 3 or more digits in a row: most echoes, few random decoys (41 and 43 decoys here)
+    assert sum(run >= 3 for run in echoes) > len(echoes) / 2
+    assert sum(run >= 3 for run in randoms) < len(randoms) / 5
+
+
 def test_a_copy_source_takes_the_span_it_repeats_and_how_far_back():
     distances = []
     for doc in list_documents("copy:128:200:32:64"):

@@ -7,7 +7,8 @@
   ``"needle:LENGTH[:COUNT[:SHORTEST[:DECOYS_PER_KB[:SHARED_RUN]]]]"`` (with their EOS; with
   SHORTEST, the questions end at a random position from SHORTEST bytes on and filler text
   follows them; with DECOYS_PER_KB, that many decoy numbers per 1024 bytes of haystack; with
-  SHARED_RUN, the needles' numbers share runs of up to that many digits) or
+  SHARED_RUN, the needles' numbers share runs of up to that many digits, and so do the decoys
+  with the needles) or
   ``"copy:LENGTH[:COUNT[:SPAN[:MAX_DISTANCE[:SYMBOLS]]]]"`` (windows of random text, packed
   without one; SYMBOLS = 10 draws them from the digits) (:mod:`yoco.data.synthetic`).
 * Each document has a stable id (``path`` or ``path:row``); hashing it puts the document in the

@@ -89,7 +89,7 @@ def build_prompt(
     of ``cities`` (default: ``n_needles`` drawn at random) is asked. With ``decoys_per_kb``,
     that many decoy numbers per 1024 tokens of haystack are written over it
     (:func:`write_decoys`). With ``shared_run``, the needles' numbers share runs of digits
-    (:func:`related_numbers`)."""
+    (:func:`related_numbers`), and so do the decoys with the needles."""
     cities = cities or rng.sample(CITIES, n_needles)
     n_needles = len(cities)
     while True:
@@ -106,7 +106,9 @@ def build_prompt(
         start = rng.randrange(0, max(1, len(filler_ids) - budget))
         hay = (filler_ids * (1 + budget // max(1, len(filler_ids))))[start : start + budget]
         if decoys_per_kb:
-            hay = write_decoys(hay, decoys_per_kb * budget // 1024, tokenize, rng)
+            count = decoys_per_kb * budget // 1024
+            echoes = related_numbers(count, shared_run, rng, relatives=numbers) if shared_run else None
+            hay = write_decoys(hay, count, tokenize, rng, echoes)
         # The answer must never appear in the filler itself (nor among its decoys).
         if not any(_contains(hay, tokenize(n)) for n in numbers):
             break
@@ -127,8 +129,10 @@ def build_prompt(
     )
 
 
-def write_decoys(hay: list[int], count: int, tokenize, rng: random.Random) -> list[int]:
-    """``hay`` with ``count`` decoys, " " + a random 7-digit number + " ", written over it, one
+def write_decoys(
+    hay: list[int], count: int, tokenize, rng: random.Random, numbers: list[str] | None = None
+) -> list[int]:
+    """``hay`` with ``count`` decoys, " " + a 7-digit number + " ", written over it, one
     at a random place in each of ``count`` equal slices (so they never overlap); the length is
     unchanged. A decoy is a hard negative for the copy that answers a question: its digits
     match the answer's digits in short stretches, so only a lookup that keeps to the asked
@@ -137,13 +141,14 @@ def write_decoys(hay: list[int], count: int, tokenize, rng: random.Random) -> li
     digit or two confuses with the answer's: a YOCO-gRet trained on plain 2048-byte haystacks
     lost its place in the answer at 8192 bytes that way. Decoys at 12 per 1024 bytes did not
     teach it to keep to the needle; they made retrieval worse at every length
-    (docs/EVALUATION.md, "Decoy numbers in the training haystack")."""
+    (docs/EVALUATION.md, "Decoy numbers in the training haystack"). The decoys' ``numbers``
+    default to random ones."""
     hay = list(hay)
     if count < 1:
         return hay
     slice_length = len(hay) // count
     for i in range(count):
-        decoy = tokenize(f" {random_number(rng)} ")
+        decoy = tokenize(f" {numbers[i] if numbers else random_number(rng)} ")
         if len(decoy) > slice_length:
             raise ValueError(f"{count} decoys do not fit in a haystack of {len(hay)} tokens")
         at = i * slice_length + rng.randrange(slice_length - len(decoy) + 1)
@@ -151,18 +156,24 @@ def write_decoys(hay: list[int], count: int, tokenize, rng: random.Random) -> li
     return hay
 
 
-def related_numbers(count: int, longest_run: int, rng: random.Random) -> list[str]:
+def related_numbers(
+    count: int, longest_run: int, rng: random.Random, relatives: list[str] | tuple = ()
+) -> list[str]:
     """``count`` different 7-digit numbers, each after the first sharing a run of 2 ..
     ``longest_run`` digits with an earlier one (copied from a random place to a random place).
+    With ``relatives`` (the needles' numbers, when these are decoys), each shares a run with one
+    of those instead, and none equals them.
+
     A copy that finds the next digit of an answer by the digits just written then has two
     places to continue from, and only the one that keeps to the asked needle is right. A
     YOCO-gRet trained on needles with unrelated numbers answered that way: at 8192 bytes it
     copied the first 3-6 digits and then continued from a digit string in the haystack."""
     if not 2 <= longest_run <= 6:
         raise ValueError(f"a shared run of digits must be 2 .. 6 long, got {longest_run}")
-    numbers = [random_number(rng)]
-    while len(numbers) < count:
-        source = rng.choice(numbers)
+    numbers = list(relatives) or [random_number(rng)]
+    first = len(relatives)
+    while len(numbers) < first + count:
+        source = rng.choice(relatives or numbers)
         length = rng.randint(2, longest_run)
         places = NUMBER_DIGITS - length + 1  # where a run of that length can start
         run = source[(taken := rng.randrange(places)) : taken + length]
@@ -172,7 +183,7 @@ def related_numbers(count: int, longest_run: int, rng: random.Random) -> list[st
         number = "".join(digits)
         if number[0] != "0" and number not in numbers:
             numbers.append(number)
-    return numbers
+    return numbers[first:]
 
 
 @functools.lru_cache(maxsize=1)
