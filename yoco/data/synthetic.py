@@ -142,7 +142,9 @@ def write_decoys(
     lost its place in the answer at 8192 bytes that way. Decoys at 12 per 1024 bytes did not
     teach it to keep to the needle; they made retrieval worse at every length
     (docs/EVALUATION.md, "Decoy numbers in the training haystack"). The decoys' ``numbers``
-    default to random ones."""
+    default to random ones; :func:`build_prompt` passes numbers that echo the needles' digits
+    when asked for shared runs, which at 2 per 1024 bytes lifted one seed at 4x and lowered
+    another ("Decoys that echo the needles' digits")."""
     hay = list(hay)
     if count < 1:
         return hay
