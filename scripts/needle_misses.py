@@ -1,6 +1,7 @@
 """Where a YOCO's cross-decoder looks when a needle answer goes wrong.
 
-For the prompts of ``yoco eval needle`` (same seeds) at one length, each answer is scored
+For the prompts of ``yoco eval needle`` at one length (the same ones when it is the longest
+that evaluation asked, which sets the filler), each answer is scored
 teacher-forced; at the first wrong digit of each wrong answer, and at every right digit, this
 sums each cross-decoder layer's attention (mean over heads) on three kinds of keys: the asked
 needle's sentence, digits elsewhere in the haystack, and everything else. A model that copies
@@ -11,14 +12,13 @@ where it fails.
 """
 
 import argparse
-import random
 
 import torch
 
 import yoco.layers.cross_attention as cross_attention
 from yoco.data.stdlib import stdlib_prose
-from yoco.data.synthetic import build_prompt, needle_sentence
-from yoco.eval.needle import DEPTHS
+from yoco.data.synthetic import needle_sentence
+from yoco.eval.needle import DEPTHS, answer_token_hits, needle_prompt
 from yoco.models.pretrained import load_pretrained
 
 
@@ -54,14 +54,11 @@ def main() -> None:
     wrong_answers = 0
     for depth in DEPTHS:
         for trial in range(args.trials):
-            rng = random.Random(f"0:{args.length}:{depth}:{trial}")  # yoco eval needle's prompts
-            prompt = build_prompt(tokenize, filler, args.length, depth, rng)
+            prompt = needle_prompt(tokenize, filler, args.length, depth, trial)
             answer = tokenize(f" {prompt.answer}")
             ids = prompt.ids + answer
             weights.clear()
-            with torch.no_grad():
-                logits = model(torch.tensor([ids]), logits_to_keep=len(answer) + 1).logits[0, :-1]
-            hits = (logits.argmax(-1) == torch.tensor(answer)).tolist()
+            hits = answer_token_hits(model, prompt.ids, answer)  # the recorder keeps its attention
             needle_end = prompt.needle_start + len(tokenize(needle_sentence(prompt.city, prompt.answer)))
             kinds = torch.zeros(len(ids), dtype=torch.long)  # 0: other, 1: needle, 2: haystack digit
             kinds[[i for i, t in enumerate(ids[: len(prompt.ids)]) if t in digit_ids]] = 2
@@ -75,7 +72,7 @@ def main() -> None:
                 kind = "right" if hit else "wrong"
                 # (layers, 3): attention of this answer position, mean over heads, per kind of key.
                 row = torch.stack([w[:, position - len(hits) - 1].mean(0) for w in weights])
-                mass = torch.zeros(len(weights), 3).index_add_(1, kinds[: row.shape[1]], row)
+                mass = torch.zeros(len(weights), 3).index_add_(1, kinds, row)
                 totals[kind] = mass if totals[kind] is None else totals[kind] + mass
                 counts[kind] += 1
     print(f"{args.model} at {args.length}: {wrong_answers} of {len(DEPTHS) * args.trials} answers wrong")

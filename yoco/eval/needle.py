@@ -35,6 +35,15 @@ def answer_token_hits(model, prompt_ids: list[int], answer_ids: list[int]) -> li
     return (predicted.cpu() == torch.tensor(answer_ids)).tolist()
 
 
+def needle_prompt(
+    tokenize, filler_ids: list[int], length: int, depth: float, trial: int, n_needles: int = 1, seed: int = 0
+):
+    """The prompt this evaluation asks at (length, depth, trial), seeded by all of them, so a
+    diagnosis (scripts/needle_misses.py) can rebuild exactly the prompts that were scored."""
+    rng = random.Random(f"{seed}:{length}:{depth}:{trial}")
+    return build_prompt(tokenize, filler_ids, length, depth, rng, n_needles)
+
+
 def check_needle_options(lengths: list[int], trials: int, n_needles: int) -> None:
     if not 1 <= n_needles <= len(CITIES):
         raise ValueError(f"needles must be between 1 and {len(CITIES)} (one is asked), got {n_needles}")
@@ -69,8 +78,7 @@ def run_needle(
             for depth in depths:
                 correct = 0
                 for trial in range(trials):
-                    rng = random.Random(f"{seed}:{length}:{depth}:{trial}")
-                    prompt = build_prompt(tokenize, filler_ids, length, depth, rng, n_needles)
+                    prompt = needle_prompt(tokenize, filler_ids, length, depth, trial, n_needles, seed)
                     new = yoco.generate(model, [prompt.ids], len(prompt.answer) + 6)[0]
                     correct += prompt.answer in tokenizer.decode(new, skip_special_tokens=True)
                     hits.append(answer_token_hits(model, prompt.ids, tokenize(f" {prompt.answer}")))
